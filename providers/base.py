@@ -1,0 +1,470 @@
+"""The OpenAI chat-completions wire, spoken over a shared httpx2 client.
+
+Every backend kind is a small dialect of this class: base URL, auth, which request fields it
+rejects, how its errors and usage look. Adapters know nothing of routing: they take a
+request body and deadlines, and return a parsed response or raise a `ProviderError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, cast
+
+import anyio
+import httpx2
+import pydantic
+import pydantic_core
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from providers.errors import (
+    AuthFailed,
+    BadRequest,
+    ConnectionFailed,
+    ContentFiltered,
+    ContextTooLong,
+    ModelNotFound,
+    Overloaded,
+    ProviderError,
+    ProviderTimeout,
+    QuotaExceeded,
+    RateLimited,
+    ServerError,
+    StreamBroken,
+    Unsupported,
+)
+from providers.ratelimits import RateLimitInfo, parse_rate_limits, parse_retry_after, retry_after_from_message
+from providers.sse import SSEDeadline, SSEReader
+
+# After every choice has finished, wait this long for a late usage chunk or `[DONE]`.
+_FINISH_GRACE_S = 0.1
+_USAGE_GRACE_S = 2.0
+_KEPT_ERROR_HEADERS = re.compile(r"^(retry-after|retry-after-ms|x-ratelimit-.*|x-request-id|x-should-retry)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Time limits for one attempt; `*_at` are absolute instants on the anyio clock."""
+
+    connect_s: float
+    first_token_at: float
+    stall_s: float
+    total_at: float
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts normalised across providers (cached and reasoning tokens included)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Completed:
+    """A successful non-streamed answer with what the provider said about it."""
+
+    completion: ChatCompletion
+    usage: Usage | None
+    rate_limits: RateLimitInfo
+
+
+def _number(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def _extra(model: pydantic.BaseModel | None, name: str) -> Any:
+    if model is None or model.model_extra is None:
+        return None
+    return model.model_extra.get(name)
+
+
+class OpenAICompatible:
+    """Any OpenAI-compatible chat-completions endpoint (kind `openai`)."""
+
+    kind: ClassVar[str] = "openai"
+    default_base_url: ClassVar[str | None] = None
+    api_key_env: ClassVar[str | None] = None
+    requires_api_key: ClassVar[bool] = False
+    chat_path: ClassVar[str] = "/chat/completions"
+    rejected_fields: ClassVar[tuple[str, ...]] = ()
+    supports_stream_usage: ClassVar[bool] = True
+    context_signatures: ClassVar[tuple[str, ...]] = (
+        "maximum context length",
+        "context_length_exceeded",
+        "reduce the length of the messages",
+        "exceed_context_size_error",
+        "exceeds the available context size",
+        "larger than the max context size",
+        "context window",
+    )
+    content_filter_signatures: ClassVar[tuple[str, ...]] = ("content_filter", "content_policy_violation")
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        url = base_url or self.default_base_url
+        if not url:
+            raise ValueError(f"provider {self.kind!r} needs a base_url")
+        self.name = name or self.kind
+        self.base_url = url.rstrip("/")
+        self._url = self.base_url + self.chat_path
+        self._api_key = api_key
+        self._headers = {"content-type": "application/json", "accept": "application/json", **(headers or {})}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._stream_headers = {**self._headers, "accept": "text/event-stream"}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.base_url}>"
+
+    # --- the dialect -------------------------------------------------------------------
+
+    def prepare(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        """Adapt an OpenAI request body to this provider, or raise `Unsupported` without sending."""
+        for field in self.rejected_fields:
+            if body.get(field) not in (None, False):
+                raise Unsupported(f"{self.kind} does not accept `{field}`", status_code=400)
+        if stream and self.supports_stream_usage:
+            options = dict(body.get("stream_options") or {})
+            if not options.get("include_usage"):
+                options["include_usage"] = True
+                body = {**body, "stream_options": options}
+        return body
+
+    def classify(self, status: int, body: Any, headers: Mapping[str, str]) -> ProviderError:
+        """Turn an error response (or an in-band error event) into the shared taxonomy."""
+        error = body.get("error", body) if isinstance(body, dict) else body
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("detail") or error)
+            code, type_ = error.get("code"), error.get("type")
+        else:
+            message, code, type_ = str(error or f"HTTP {status}"), None, None
+        if isinstance(code, int) and status == 200:
+            status = code  # vLLM and llama.cpp put the HTTP status in in-band error events
+        kept = {k: v for k, v in headers.items() if _KEPT_ERROR_HEADERS.match(k.lower())}
+        retry_after = parse_retry_after(headers)
+        if retry_after is None:
+            retry_after = retry_after_from_message(message)
+        cls = self.error_class(status, message, str(code or ""), str(type_ or ""))
+        if self._api_key and self._api_key in str(body):  # some providers echo the key back
+            message = message.replace(self._api_key, "[redacted]")
+            body = json.loads(json.dumps(body).replace(self._api_key, "[redacted]"))
+        return cls(f"{self.name}: {message}", status_code=status, retry_after=retry_after, body=body, headers=kept)
+
+    def error_class(self, status: int, message: str, code: str, type_: str) -> type[ProviderError]:
+        """Pick the failure class; provider modules extend this with their own signatures."""
+        text = f"{message} {code} {type_}".lower()
+        if any(sig in text for sig in self.context_signatures):
+            return ContextTooLong
+        if any(sig in text for sig in self.content_filter_signatures):
+            return ContentFiltered
+        if status == 429:
+            return RateLimited
+        if status == 402:
+            return QuotaExceeded
+        if status in (401, 403):
+            return AuthFailed
+        if status == 404:
+            return ModelNotFound
+        if status == 408:
+            return ProviderTimeout
+        if status in (503, 529):
+            return Overloaded
+        if status >= 500:
+            return ServerError
+        return BadRequest
+
+    def usage_of(self, response: ChatCompletion | ChatCompletionChunk) -> Usage | None:
+        """Normalised usage from a response or chunk, or None when it carries none."""
+        usage = response.usage
+        if usage is None:
+            return None
+        cached = 0
+        if usage.prompt_tokens_details is not None:
+            cached = usage.prompt_tokens_details.cached_tokens or 0
+        reasoning = 0
+        if usage.completion_tokens_details is not None:
+            reasoning = usage.completion_tokens_details.reasoning_tokens or 0
+        return Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            cached_prompt_tokens=cached or _number(_extra(usage, "prompt_cache_hit_tokens")),
+            reasoning_tokens=reasoning,
+        )
+
+    # --- the wire ----------------------------------------------------------------------
+
+    def _missing_key(self) -> ProviderError | None:
+        if self.requires_api_key and not self._api_key:
+            hint = f"set {self.api_key_env} or " if self.api_key_env else ""
+            return AuthFailed(f"{self.name}: no API key ({hint}give the backend an api_key)", status_code=401)
+        return None
+
+    async def _send(
+        self,
+        client: httpx2.AsyncClient,
+        body: dict[str, Any],
+        deadlines: Deadlines,
+        *,
+        stream: bool,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+    ) -> httpx2.Response:
+        missing = self._missing_key()
+        if missing is not None:
+            raise missing
+        headers = self._stream_headers if stream else self._headers
+        if extra_headers:
+            headers = {**headers, **extra_headers}
+        request = client.build_request(
+            "POST",
+            self._url,
+            content=pydantic_core.to_json(body),
+            headers=headers,
+            params=extra_query,
+            timeout=httpx2.Timeout(None, connect=deadlines.connect_s),
+        )
+        response: httpx2.Response | None = None
+        try:
+            with anyio.CancelScope(deadline=min(deadlines.first_token_at, deadlines.total_at)):
+                response = await client.send(request, stream=True)
+        except httpx2.ConnectTimeout as exc:
+            raise ProviderTimeout(f"{self.name}: connect timed out after {deadlines.connect_s:g}s") from exc
+        except httpx2.ConnectError as exc:
+            refused = "refused" in str(exc).lower() or "all connection attempts failed" in str(exc).lower()
+            raise ConnectionFailed(f"{self.name}: cannot connect ({exc})", retryable=not refused) from exc
+        except httpx2.TimeoutException as exc:
+            raise ProviderTimeout(f"{self.name}: timed out ({exc})") from exc
+        except httpx2.TransportError as exc:
+            raise ConnectionFailed(f"{self.name}: connection failed ({exc})") from exc
+        if response is None:
+            raise ProviderTimeout(f"{self.name}: no response headers before the first-token deadline")
+        if response.status_code >= 400:
+            await self._raise_for_status(response, deadlines)
+        return response
+
+    async def _raise_for_status(self, response: httpx2.Response, deadlines: Deadlines) -> None:
+        raw = b""
+        try:
+            with anyio.move_on_after(max(0.0, min(5.0, deadlines.total_at - anyio.current_time()))):
+                raw = await response.aread()
+        except httpx2.TransportError:
+            pass
+        finally:
+            await response.aclose()
+        try:
+            body: Any = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")[:2000]
+        raise self.classify(response.status_code, body, response.headers)
+
+    async def complete(
+        self,
+        client: httpx2.AsyncClient,
+        body: dict[str, Any],
+        deadlines: Deadlines,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+    ) -> Completed:
+        """Send a non-streamed request; headers must arrive by the first-token deadline."""
+        response = await self._send(
+            client, body, deadlines, stream=False, extra_headers=extra_headers, extra_query=extra_query
+        )
+        raw: bytes | None = None
+        try:
+            with anyio.CancelScope(deadline=deadlines.total_at):
+                raw = await response.aread()
+        except httpx2.TransportError as exc:
+            raise ConnectionFailed(f"{self.name}: connection lost while reading the response ({exc})") from exc
+        finally:
+            await response.aclose()
+        if raw is None:
+            raise ProviderTimeout(f"{self.name}: response body not complete before the call deadline")
+        completion = self._parse_completion(raw, response.headers)
+        return Completed(completion, self.usage_of(completion), parse_rate_limits(response.headers))
+
+    def _parse_completion(self, raw: bytes, headers: Mapping[str, str]) -> ChatCompletion:
+        try:
+            return ChatCompletion.model_validate_json(raw)
+        except pydantic.ValidationError:
+            pass
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ServerError(f"{self.name}: response is not JSON: {raw[:200]!r}") from exc
+        if isinstance(data, dict) and "error" in data:
+            raise self.classify(200, data, headers)
+        return _lenient(ChatCompletion, data, self.name)
+
+    async def stream(
+        self,
+        client: httpx2.AsyncClient,
+        body: dict[str, Any],
+        deadlines: Deadlines,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+    ) -> ChunkStream:
+        """Open a streamed request; the returned stream enforces first-token and stall deadlines."""
+        response = await self._send(
+            client, body, deadlines, stream=True, extra_headers=extra_headers, extra_query=extra_query
+        )
+        return ChunkStream(self, response, deadlines, choices=int(body.get("n") or 1),
+                           usage_expected=self.supports_stream_usage)
+
+    def parse_chunk(self, event_type: bytes, data: bytes, headers: Mapping[str, str]) -> ChatCompletionChunk:
+        """One SSE data payload → a chunk; in-band errors and garbage raise."""
+        if event_type != b"error":
+            try:
+                return ChatCompletionChunk.model_validate_json(data)
+            except pydantic.ValidationError:
+                pass
+        try:
+            parsed = json.loads(data)
+        except ValueError as exc:
+            raise StreamBroken(f"{self.name}: malformed stream event: {data[:200]!r}") from exc
+        if isinstance(parsed, dict) and ("error" in parsed or event_type == b"error"):
+            status_code = parsed.get("status_code")
+            status = status_code if isinstance(status_code, int) else 200
+            return_error = self.classify(status, parsed, headers)
+            if status == 200 and type(return_error) is BadRequest:
+                raise StreamBroken(f"{self.name}: stream error event: {return_error.message}", body=parsed)
+            raise return_error
+        if not isinstance(parsed, dict):
+            raise StreamBroken(f"{self.name}: malformed stream event: {data[:200]!r}")
+        return _lenient(ChatCompletionChunk, parsed, self.name)
+
+
+M = TypeVar("M", ChatCompletion, ChatCompletionChunk)
+
+
+def _lenient(model: type[M], data: Any, name: str) -> M:
+    """Build an openai type from JSON that doesn't validate strictly, as the openai SDK does."""
+    if not isinstance(data, dict) or "choices" not in data:
+        raise StreamBroken(f"{name}: unexpected payload: {str(data)[:200]}")
+    from openai._models import construct_type  # the SDK's own lenient builder
+
+    return cast(M, construct_type(type_=model, value=data))
+
+
+def has_token(chunk: ChatCompletionChunk) -> bool:
+    """Whether a chunk carries anything the caller would see: text, reasoning or a tool call."""
+    for choice in chunk.choices:
+        delta = choice.delta
+        if delta.content or delta.tool_calls or delta.refusal or delta.function_call:
+            return True
+        extra = delta.model_extra
+        if extra and (extra.get("reasoning_content") or extra.get("reasoning")):
+            return True
+    return False
+
+
+class ChunkStream:
+    """An upstream chat stream: parsed chunks, deadlines, and a faithful ending.
+
+    Ends normally after `[DONE]`, or once every choice has finished and usage has arrived
+    even if `[DONE]` never comes. Raises `StreamBroken` when the connection is cut before
+    that, a data event is malformed, or no data arrives in time (keep-alives don't count).
+    """
+
+    def __init__(
+        self,
+        adapter: OpenAICompatible,
+        response: httpx2.Response,
+        deadlines: Deadlines,
+        *,
+        choices: int,
+        usage_expected: bool,
+    ) -> None:
+        self.adapter = adapter
+        self.response = response
+        self.rate_limits = parse_rate_limits(response.headers)
+        self.usage: Usage | None = None
+        self.saw_token = False
+        self.finish_reasons: dict[int, str] = {}
+        self._deadlines = deadlines
+        self._choices = choices
+        self._usage_expected = usage_expected
+        self._reader = SSEReader(response.aiter_bytes())
+        self._last_data_at = anyio.current_time()
+        self._closed = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    @property
+    def finished(self) -> bool:
+        """Every choice has a finish_reason."""
+        return len(self.finish_reasons) >= self._choices
+
+    def _next_deadline(self) -> tuple[float, str]:
+        d = self._deadlines
+        if self.finished:
+            grace = _FINISH_GRACE_S if (self.usage is not None or not self._usage_expected) else _USAGE_GRACE_S
+            return min(d.total_at, anyio.current_time() + grace), "finish"
+        if not self.saw_token:
+            return min(d.first_token_at, d.total_at), "first_token"
+        return min(self._last_data_at + d.stall_s, d.total_at), "stall"
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        if self._closed:
+            raise StopAsyncIteration
+        deadline, phase = self._next_deadline()
+        try:
+            event = await self._reader.next(deadline)
+        except SSEDeadline:
+            await self.aclose()
+            if phase == "finish":
+                raise StopAsyncIteration from None
+            if deadline >= self._deadlines.total_at:
+                raise ProviderTimeout(f"{self.adapter.name}: stream not finished before the call deadline") from None
+            if phase == "first_token":
+                raise ProviderTimeout(f"{self.adapter.name}: no first token before the first-token deadline") from None
+            raise StreamBroken(
+                f"{self.adapter.name}: stream stalled: no data for {self._deadlines.stall_s:g}s"
+            ) from None
+        except httpx2.TransportError as exc:
+            await self.aclose()
+            raise StreamBroken(f"{self.adapter.name}: stream cut: {exc}") from exc
+        except BaseException:
+            await self.aclose()
+            raise
+        if event is None:
+            await self.aclose()
+            if not self._reader.done and not self.finished:
+                raise StreamBroken(f"{self.adapter.name}: stream cut: connection closed before the answer finished")
+            raise StopAsyncIteration
+        self._last_data_at = anyio.current_time()
+        try:
+            chunk = self.adapter.parse_chunk(event[0], event[1], self.response.headers)
+        except ProviderError:
+            await self.aclose()
+            raise
+        for choice in chunk.choices:
+            if choice.finish_reason is not None:
+                self.finish_reasons[choice.index] = choice.finish_reason
+        if not self.saw_token and has_token(chunk):
+            self.saw_token = True
+        usage = self.adapter.usage_of(chunk)
+        if usage is not None:
+            self.usage = usage
+        return chunk
+
+    async def aclose(self) -> None:
+        """Release the connection now; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            await self.response.aclose()

@@ -1,0 +1,17 @@
+"""Cerebras wafer-scale inference: OpenAI wire, float-second rate-limit headers per window.
+
+Facts: 402 payment required, 503 service unavailable, context overflow as a 400 saying
+"Please reduce the length of the messages", and mid-stream error frames sent with HTTP
+status 200 carrying their real status in `status_code` (handled by the base parser).
+"""
+
+from providers.base import OpenAICompatible
+
+
+class CerebrasProvider(OpenAICompatible):
+    """api.cerebras.ai/v1; key from CEREBRAS_API_KEY."""
+
+    kind = "cerebras"
+    default_base_url = "https://api.cerebras.ai/v1"
+    api_key_env = "CEREBRAS_API_KEY"
+    requires_api_key = True

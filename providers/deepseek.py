@@ -1,0 +1,33 @@
+"""DeepSeek: the cheapest hosted backend; OpenAI wire with a few dialect quirks.
+
+Facts: no rate-limit headers (concurrency caps show only as 429 bodies), 402 for an empty
+balance, context overflow as a plain 400 recognised by its message, `reasoning_content`
+beside `content`, cache hits counted in `prompt_cache_hit_tokens`, and `: keep-alive`
+comments while a request waits in the queue.
+"""
+
+from typing import ClassVar
+
+from providers.base import OpenAICompatible
+from providers.errors import ContentFiltered, ProviderError, QuotaExceeded
+
+
+class DeepSeekProvider(OpenAICompatible):
+    """api.deepseek.com; key from DEEPSEEK_API_KEY."""
+
+    kind = "deepseek"
+    default_base_url = "https://api.deepseek.com"
+    api_key_env = "DEEPSEEK_API_KEY"
+    requires_api_key = True
+    content_filter_signatures: ClassVar[tuple[str, ...]] = (
+        *OpenAICompatible.content_filter_signatures,
+        "content exists risk",
+    )
+
+    def error_class(self, status: int, message: str, code: str, type_: str) -> type[ProviderError]:
+        """402 is an empty balance; a 429 concurrency cap tied to the balance is retryable."""
+        if status == 402 or "insufficient balance" in message.lower():
+            return QuotaExceeded
+        if "content exists risk" in message.lower():
+            return ContentFiltered
+        return super().error_class(status, message, code, type_)

@@ -1,0 +1,60 @@
+"""Groq LPUs: very fast, strict about OpenAI fields, limits reported in Go-duration headers.
+
+Facts: 400 for `logprobs`, `top_logprobs`, `logit_bias`, `messages[].name` and `n > 1`;
+413 when one request can never fit the org's tokens-per-minute; 498 when the flex tier is
+out of capacity; usage of a stream in `x_groq.usage` on the final chunk.
+"""
+
+from typing import Any, ClassVar
+
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from providers.base import OpenAICompatible, Usage, _extra, _number
+from providers.errors import Overloaded, ProviderError, QuotaExceeded, Unsupported
+
+
+class GroqProvider(OpenAICompatible):
+    """api.groq.com/openai/v1; key from GROQ_API_KEY."""
+
+    kind = "groq"
+    default_base_url = "https://api.groq.com/openai/v1"
+    api_key_env = "GROQ_API_KEY"
+    requires_api_key = True
+    rejected_fields: ClassVar[tuple[str, ...]] = ("logprobs", "top_logprobs", "logit_bias")
+
+    def prepare(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        """Refuse what Groq would 400 on; drop `name` on messages, which only labels a speaker."""
+        if int(body.get("n") or 1) != 1:
+            raise Unsupported("groq serves only n=1", status_code=400)
+        messages = body.get("messages")
+        if isinstance(messages, list) and any(isinstance(m, dict) and "name" in m for m in messages):
+            body = {**body, "messages": [{k: v for k, v in m.items() if k != "name"} if isinstance(m, dict) else m
+                                         for m in messages]}
+        return super().prepare(body, stream=stream)
+
+    def error_class(self, status: int, message: str, code: str, type_: str) -> type[ProviderError]:
+        """413 means the request exceeds the org's TPM outright; 498 is flex capacity."""
+        if status == 413:
+            return QuotaExceeded
+        if status == 498 or code == "capacity_exceeded":
+            return Overloaded
+        return super().error_class(status, message, code, type_)
+
+    def usage_of(self, response: ChatCompletion | ChatCompletionChunk) -> Usage | None:
+        """Top-level usage when present, else `x_groq.usage` from the final stream chunk."""
+        found = super().usage_of(response)
+        if found is not None:
+            return found
+        x_groq = _extra(response, "x_groq")
+        usage = x_groq.get("usage") if isinstance(x_groq, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        details = usage.get("prompt_tokens_details") or {}
+        reasoning = usage.get("completion_tokens_details") or {}
+        return Usage(
+            prompt_tokens=_number(usage.get("prompt_tokens")),
+            completion_tokens=_number(usage.get("completion_tokens")),
+            total_tokens=_number(usage.get("total_tokens")),
+            cached_prompt_tokens=_number(details.get("cached_tokens")),
+            reasoning_tokens=_number(reasoning.get("reasoning_tokens")),
+        )
