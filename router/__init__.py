@@ -1,0 +1,93 @@
+"""inference-router: one OpenAI-compatible client that routes each call to the best backend.
+
+    from router import AsyncRouter, route_of
+    client = AsyncRouter.from_config("router.yaml")      # was: openai.AsyncOpenAI()
+    reply = await client.chat.completions.create(model="gpt-oss-120b", messages=[...])
+    print(route_of(reply).summary())
+
+Names are imported on first use (PEP 562), so `import router` stays cheap: the openai types
+it builds on take about half a second to import, paid only when a client is made.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "AsyncRouter": "router.client",
+    "Router": "router.client",
+    "Stream": "router.client",
+    "ConfigError": "router.config",
+    "RouterConfig": "router.config",
+    "load_config": "router.config",
+    "RouteHints": "router.hints",
+    "Attempt": "router.record",
+    "RouteRecord": "router.record",
+    "route_of": "router.record",
+    "RouterStream": "router.streaming",
+    **{
+        name: "router.errors"
+        for name in (
+            "APIConnectionError",
+            "APITimeoutError",
+            "AuthenticationError",
+            "BadRequestError",
+            "ContentFilteredError",
+            "ContextLengthExceededError",
+            "InternalServerError",
+            "NoCandidatesError",
+            "NotFoundError",
+            "OverloadedError",
+            "PermissionDeniedError",
+            "QuotaExceededError",
+            "RateLimitError",
+            "RouterErrorMixin",
+            "StreamInterruptedError",
+            "UnknownModelError",
+            "UnprocessableEntityError",
+        )
+    },
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'router' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from router.client import AsyncRouter, Router, Stream
+    from router.config import ConfigError, RouterConfig, load_config
+    from router.errors import (
+        APIConnectionError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        ContentFilteredError,
+        ContextLengthExceededError,
+        InternalServerError,
+        NoCandidatesError,
+        NotFoundError,
+        OverloadedError,
+        PermissionDeniedError,
+        QuotaExceededError,
+        RateLimitError,
+        RouterErrorMixin,
+        StreamInterruptedError,
+        UnknownModelError,
+        UnprocessableEntityError,
+    )
+    from router.hints import RouteHints
+    from router.record import Attempt, RouteRecord, route_of
+    from router.streaming import RouterStream

@@ -1,0 +1,364 @@
+"""`AsyncRouter` and `Router`: drop-ins for `openai.AsyncOpenAI` / `openai.OpenAI` chat completions.
+
+Change one line — the client construction — and `client.chat.completions.create(...)` keeps
+its arguments, its return types (`ChatCompletion`, a stream of `ChatCompletionChunk`) and its
+exception classes, while each call is routed across the configured backends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from functools import partial
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+import anyio
+import httpx2
+import openai
+from anyio.from_thread import BlockingPortal
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from pydantic import BaseModel
+
+from router.config import RouterConfig, load_config
+from router.hints import RouteHints
+from router.pipeline import RequestPath, RouteTable
+from router.record import RouteRecord, attach_route
+from router.stats import MemoryStats
+from router.streaming import RouterStream
+
+T = TypeVar("T")
+_NOT_SENT = (openai.NotGiven, openai.Omit)
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | RouterConfig
+
+
+def _jsonable(value: Any) -> Any:
+    """Request values as JSON data; pydantic objects (e.g. a previous reply's message) by their set fields."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if not isinstance(v, _NOT_SENT)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _timeout_seconds(timeout: Any) -> float | None:
+    """openai's per-request `timeout` (seconds or an httpx Timeout) as one call deadline."""
+    if timeout is None or isinstance(timeout, _NOT_SENT):
+        return None
+    if isinstance(timeout, (int, float)):
+        return float(timeout)
+    parts = [getattr(timeout, name, None) for name in ("read", "connect", "write", "pool")]
+    numbers = [p for p in parts if isinstance(p, (int, float))]
+    return max(numbers) if numbers else None
+
+
+def _as_config(source: ConfigSource, env: Mapping[str, str] | None) -> RouterConfig:
+    return source if isinstance(source, RouterConfig) else load_config(source, env=env)
+
+
+class AsyncCompletions:
+    """`router.chat.completions`: the one call callers make."""
+
+    def __init__(self, router: AsyncRouter) -> None:
+        self._router = router
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: Literal[False] | None = ...,
+        route: RouteHints | Mapping[str, Any] | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, Any] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        timeout: Any = ...,
+        **params: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: Literal[True],
+        route: RouteHints | Mapping[str, Any] | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, Any] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        timeout: Any = ...,
+        **params: Any,
+    ) -> RouterStream: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: bool,
+        route: RouteHints | Mapping[str, Any] | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_query: Mapping[str, Any] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        timeout: Any = ...,
+        **params: Any,
+    ) -> ChatCompletion | RouterStream: ...
+
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: bool | None = False,
+        route: RouteHints | Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Any = None,
+        **params: Any,
+    ) -> ChatCompletion | RouterStream:
+        """Route one chat completion; same arguments as openai's, plus `route=` hints."""
+        streaming = stream is True
+        hints = RouteHints.coerce(dict(route) if isinstance(route, Mapping) else route)
+        body: dict[str, Any] = {"messages": _jsonable(list(messages))}
+        for key, value in params.items():
+            if not isinstance(value, _NOT_SENT):
+                body[key] = _jsonable(value)
+        if extra_body:
+            body.update(_jsonable(dict(extra_body)))
+        if streaming:
+            body["stream"] = True
+        path = self._router._path
+        call, tiers = path.start(
+            model, body, stream=streaming, hints=hints, timeout_s=_timeout_seconds(timeout),
+            extra_headers=extra_headers, extra_query=extra_query,
+        )
+        if streaming:
+            options = params.get("stream_options")
+            wants_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
+            return await path.stream(call, tiers, caller_wants_usage=wants_usage)
+        return await path.complete(call, tiers)
+
+
+class AsyncChat:
+    """`router.chat`."""
+
+    def __init__(self, router: AsyncRouter) -> None:
+        self.completions = AsyncCompletions(router)
+
+
+class AsyncRouter:
+    """Routes OpenAI-style chat completions across backends; use as `async with`."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        http_client: httpx2.AsyncClient | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config
+        self._owns_client = http_client is None
+        self._client = http_client or httpx2.AsyncClient(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
+            timeout=httpx2.Timeout(None, connect=5.0),
+        )
+        self.stats = MemoryStats()
+        self._path = RequestPath(RouteTable(config), self._client, self.stats, random.Random(seed))
+        self.chat = AsyncChat(self)
+
+    @classmethod
+    def from_config(
+        cls,
+        source: ConfigSource,
+        *,
+        env: Mapping[str, str] | None = None,
+        http_client: httpx2.AsyncClient | None = None,
+        seed: int | None = None,
+    ) -> AsyncRouter:
+        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`."""
+        return cls(_as_config(source, env), http_client=http_client, seed=seed)
+
+    @property
+    def models(self) -> list[str]:
+        """The aliases callers can ask for."""
+        return list(self.config.models)
+
+    def __repr__(self) -> str:
+        return f"<AsyncRouter backends={list(self.config.backends)} models={self.models}>"
+
+    async def aclose(self) -> None:
+        """Close pooled connections (if the router created the HTTP client)."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRouter:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+# --- the sync client: one event loop in one background thread, for the router's lifetime ----
+
+
+class _LoopThread:
+    """An anyio event loop in a daemon thread; sync calls hop onto it through a blocking portal."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._portal: BlockingPortal | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="inference-router", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        async def serve() -> None:
+            async with BlockingPortal() as portal:
+                self._portal = portal
+                self._ready.set()
+                await portal.sleep_until_stopped()
+
+        try:
+            anyio.run(serve)
+        except BaseException as exc:  # pragma: no cover - surfaced to the constructor
+            self._error = exc
+            self._ready.set()
+
+    def call(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine function on the loop and wait for its result."""
+        if self._portal is None:
+            raise RuntimeError("the router is closed")
+        return self._portal.call(func)
+
+    def stop(self) -> None:
+        """Stop the loop and join the thread."""
+        portal, self._portal = self._portal, None
+        if portal is not None:
+            portal.call(portal.stop)
+            self._thread.join(timeout=5)
+
+
+class Stream:
+    """A sync iterator of `ChatCompletionChunk` (what `Router` returns for `stream=True`)."""
+
+    def __init__(self, stream: RouterStream, loop: _LoopThread) -> None:
+        self._stream = stream
+        self._loop = loop
+        attach_route(self, stream.route)
+
+    @property
+    def route(self) -> RouteRecord:
+        """The route record; complete once the stream has ended."""
+        return self._stream.route
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        try:
+            return self._loop.call(self._stream.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop reading and release the connection now."""
+        self._loop.call(self._stream.close)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Completions:
+    """`router.chat.completions` for the sync client."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    @overload
+    def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam],
+               stream: Literal[False] | None = ..., **params: Any) -> ChatCompletion: ...
+
+    @overload
+    def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam],
+               stream: Literal[True], **params: Any) -> Stream: ...
+
+    @overload
+    def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam],
+               stream: bool, **params: Any) -> ChatCompletion | Stream: ...
+
+    def create(
+        self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: bool | None = False,
+        **params: Any,
+    ) -> ChatCompletion | Stream:
+        """Same arguments as `AsyncRouter.chat.completions.create`, blocking."""
+        loop = self._router._loop
+        create = self._router._async.chat.completions.create
+        result = loop.call(partial(create, model=model, messages=list(messages), stream=stream, **params))
+        return Stream(result, loop) if isinstance(result, RouterStream) else result
+
+
+class Chat:
+    """`router.chat` for the sync client."""
+
+    def __init__(self, router: Router) -> None:
+        self.completions = Completions(router)
+
+
+class Router:
+    """The blocking client: wraps one `AsyncRouter` running on a private event-loop thread."""
+
+    def __init__(self, config: RouterConfig, *, seed: int | None = None) -> None:
+        self._loop = _LoopThread()
+
+        async def build() -> AsyncRouter:
+            return AsyncRouter(config, seed=seed)
+
+        self._async = self._loop.call(build)
+        self.config = config
+        self.chat = Chat(self)
+
+    @classmethod
+    def from_config(cls, source: ConfigSource, *, env: Mapping[str, str] | None = None, seed: int | None = None) -> Router:
+        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`."""
+        return cls(_as_config(source, env), seed=seed)
+
+    @property
+    def models(self) -> list[str]:
+        """The aliases callers can ask for."""
+        return self._async.models
+
+    @property
+    def stats(self) -> MemoryStats:
+        """Live per-deployment stats."""
+        return self._async.stats
+
+    def __repr__(self) -> str:
+        return f"<Router backends={list(self.config.backends)} models={self.models}>"
+
+    def close(self) -> None:
+        """Close connections and stop the background loop."""
+        if self._loop._portal is not None:
+            self._loop.call(self._async.aclose)
+            self._loop.stop()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

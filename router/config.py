@@ -1,0 +1,311 @@
+"""The configuration contract: schema, loading from YAML/TOML/dicts, and errors that point home.
+
+A bad config raises `ConfigError` listing every problem at once, each with the file, the line
+and the field's path (`router.yaml:12: models.chat.deployments[0].backend: unknown backend`).
+`${VAR}` and `${VAR:-default}` in strings are replaced from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from policies import known_policies
+from providers import PROVIDERS
+
+ProviderKind = Literal["deepseek", "groq", "cerebras", "vllm", "llamacpp", "openai"]
+Path_ = tuple[str | int, ...]
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Per-attempt time limits, in seconds. See README "Timeouts" for what each bounds."""
+
+    connect_s: float = Field(5.0, gt=0)
+    first_token_s: float = Field(30.0, gt=0)
+    stall_s: float = Field(30.0, gt=0)
+    total_s: float = Field(300.0, gt=0)
+
+
+class RetryPolicy(_Strict):
+    """How hard to try one deployment before falling over, and one call in all."""
+
+    attempts_per_deployment: int = Field(2, ge=1)
+    max_attempts: int = Field(8, ge=1)
+    backoff_initial_s: float = Field(0.25, ge=0)
+    backoff_max_s: float = Field(8.0, ge=0)
+    max_retry_after_s: float = Field(30.0, ge=0)
+
+
+class TimeoutsOverride(_Strict):
+    """Only the fields given replace the inherited timeouts."""
+
+    connect_s: float | None = Field(None, gt=0)
+    first_token_s: float | None = Field(None, gt=0)
+    stall_s: float | None = Field(None, gt=0)
+    total_s: float | None = Field(None, gt=0)
+
+
+class RetryOverride(_Strict):
+    """Only the fields given replace the inherited retry settings."""
+
+    attempts_per_deployment: int | None = Field(None, ge=1)
+    max_attempts: int | None = Field(None, ge=1)
+    backoff_initial_s: float | None = Field(None, ge=0)
+    backoff_max_s: float | None = Field(None, ge=0)
+    max_retry_after_s: float | None = Field(None, ge=0)
+
+
+class BackendConfig(_Strict):
+    """One account or server: which provider kind, where, with which key."""
+
+    provider: ProviderKind
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: TimeoutsOverride | None = None
+
+
+class DeploymentConfig(_Strict):
+    """A model id served by a backend."""
+
+    backend: str
+    model: str
+    weight: float = Field(1.0, gt=0)
+
+
+class ModelConfig(_Strict):
+    """An alias callers ask for: where it is served, and what to try when all of that fails."""
+
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
+    policy: str | None = None
+    timeouts: TimeoutsOverride | None = None
+    retry: RetryOverride | None = None
+
+
+class RouterConfig(_Strict):
+    """The whole configuration file."""
+
+    backends: dict[str, BackendConfig]
+    models: dict[str, ModelConfig]
+    policy: str = "ordered"
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:
+    """Apply overrides in order; later ones win field by field."""
+    for override in overrides:
+        if override is not None:
+            base = base.model_copy(update=override.model_dump(exclude_none=True))
+    return base
+
+
+def merge_retry(base: RetryPolicy, override: RetryOverride | None) -> RetryPolicy:
+    """Apply an alias's retry override to the router's."""
+    return base if override is None else base.model_copy(update=override.model_dump(exclude_none=True))
+
+
+# --- errors that point at the file -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem: where (file, line, field path) and what."""
+
+    source: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; `.issues` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        count = f"{len(issues)} problem{'s' if len(issues) != 1 else ''}"
+        super().__init__(f"invalid router config ({count}):\n" + "\n".join(f"  {i}" for i in issues))
+
+
+def format_path(path: Path_) -> str:
+    """`("models", "chat", "deployments", 0, "backend")` → `models.chat.deployments[0].backend`."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# --- reading files with line numbers -----------------------------------------------------
+
+
+def _yaml_with_lines(text: str, lines: dict[Path_, int]) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+
+        def build(node: yaml.Node, path: Path_) -> Any:
+            lines.setdefault(path, node.start_mark.line + 1)
+            if isinstance(node, yaml.MappingNode):
+                loader.flatten_mapping(node)
+                out: dict[Any, Any] = {}
+                for key_node, value_node in node.value:
+                    key = loader.construct_object(key_node)
+                    lines[(*path, key)] = key_node.start_mark.line + 1
+                    out[key] = build(value_node, (*path, key))
+                return out
+            if isinstance(node, yaml.SequenceNode):
+                return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return loader.construct_object(node)
+
+        return None if node is None else build(node, ())
+    finally:
+        loader.dispose()
+
+
+def _toml_lines(text: str, data: Any, lines: dict[Path_, int]) -> None:
+    """Best-effort line numbers for TOML (tomllib keeps none): find each key under its table."""
+    source = text.splitlines()
+    table: Path_ = ()
+    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*$")
+    key_line = re.compile(r'^\s*("?[^"=\s]+"?(?:\s*\.\s*"?[^"=\s]+"?)*)\s*=')
+    for number, line in enumerate(source, start=1):
+        if m := header.match(line):
+            table = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+            lines.setdefault(table, number)
+        elif m := key_line.match(line):
+            key = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+            lines.setdefault((*table, *key), number)
+
+
+def _interpolate(value: Any, path: Path_, env: Mapping[str, str], issues: list[tuple[Path_, str]]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, k), env, issues) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), env, issues) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            issues.append((path, f"environment variable {name} is not set"))
+            return ""
+
+        return _ENV_REF.sub(replace, value)
+    return value
+
+
+def _line_for(path: Path_, lines: Mapping[Path_, int]) -> int | None:
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> RouterConfig:
+    """Read and validate a config from a YAML/TOML file path or a mapping; raise ConfigError."""
+    env = os.environ if env is None else env
+    lines: dict[Path_, int] = {}
+    if isinstance(source, Mapping):
+        name, raw = "<config>", dict(source)
+    else:
+        path = Path(source)
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([ConfigIssue(name, None, "", f"cannot read the file: {exc.strerror or exc}")]) from None
+        try:
+            if path.suffix.lower() == ".toml":
+                raw = tomllib.loads(text)
+                _toml_lines(text, raw, lines)
+            else:
+                raw = _yaml_with_lines(text, lines)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            line = mark.line + 1 if mark is not None else None
+            raise ConfigError([ConfigIssue(name, line, "", f"not valid YAML: {exc.problem}")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([ConfigIssue(name, None, "", f"not valid TOML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigIssue(name, 1, "", "the config must be a mapping with `backends` and `models`")])
+
+    problems: list[tuple[Path_, str]] = []
+    raw = _interpolate(raw, (), env, problems)
+    config: RouterConfig | None = None
+    try:
+        config = RouterConfig.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc: Path_ = tuple(error["loc"])
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown field"
+            elif error["type"] == "literal_error" and loc and loc[-1] == "provider":
+                message = f"unknown provider {error.get('input')!r}; known: {', '.join(PROVIDERS)}"
+            problems.append((loc, message))
+    problems.extend(_cross_references(raw))
+    if problems:
+        issues = [ConfigIssue(name, _line_for(p, lines), format_path(p), m) for p, m in problems]
+        raise ConfigError(sorted(issues, key=lambda i: (i.line or 0, i.path)))
+    assert config is not None
+    return config
+
+
+def _cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
+    """Names that must refer to something: backends, fallback aliases, policies, base URLs.
+
+    Reads the raw mapping so these are reported together with schema errors, not after them.
+    """
+    problems: list[tuple[Path_, str]] = []
+    backends: dict[str, Any] = raw["backends"] if isinstance(raw.get("backends"), dict) else {}
+    models: dict[str, Any] = raw["models"] if isinstance(raw.get("models"), dict) else {}
+    policies = known_policies()
+
+    def check_policy(path: Path_, value: Any) -> None:
+        if isinstance(value, str) and value not in policies:
+            problems.append((path, f"unknown policy {value!r}; known: {', '.join(policies)}"))
+
+    check_policy(("policy",), raw.get("policy"))
+    for name, backend in backends.items():
+        if isinstance(backend, dict) and backend.get("provider") in PROVIDERS and not backend.get("base_url"):
+            if PROVIDERS[backend["provider"]].default_base_url is None:
+                problems.append((("backends", name, "base_url"), f"provider {backend['provider']!r} needs a base_url"))
+    for alias, model in models.items():
+        if not isinstance(model, dict):
+            continue
+        deployments: list[Any] = model["deployments"] if isinstance(model.get("deployments"), list) else []
+        for i, deployment in enumerate(deployments):
+            backend = deployment.get("backend") if isinstance(deployment, dict) else None
+            if isinstance(backend, str) and backend not in backends:
+                problems.append((("models", alias, "deployments", i, "backend"),
+                                 f"unknown backend {backend!r}; known: {', '.join(backends) or 'none'}"))
+        fallbacks: list[Any] = model["fallbacks"] if isinstance(model.get("fallbacks"), list) else []
+        for i, fallback in enumerate(fallbacks):
+            if fallback == alias:
+                problems.append((("models", alias, "fallbacks", i), "a model cannot fall back to itself"))
+            elif isinstance(fallback, str) and fallback not in models:
+                problems.append((("models", alias, "fallbacks", i),
+                                 f"unknown model {fallback!r}; known: {', '.join(models)}"))
+        check_policy(("models", alias, "policy"), model.get("policy"))
+    return problems

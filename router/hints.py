@@ -1,0 +1,47 @@
+"""Per-call routing hints: `create(..., route={...})` or a typed `RouteHints`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from policies import known_policies
+
+
+class RouteHints(BaseModel):
+    """What one call asks of the router; every field is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: str | None = None
+    """Rank this call's candidates with this policy instead of the configured one."""
+    deadline_s: float | None = Field(None, gt=0)
+    """Give up on the whole call (all retries and fallbacks) after this many seconds."""
+    max_cost_usd: float | None = Field(None, ge=0)
+    """Only candidates whose expected cost is at most this (used by the cost issue)."""
+    exclude: tuple[str, ...] = ()
+    """Backend names, provider kinds or `backend/model` ids never to use for this call."""
+    prefer: tuple[str, ...] = ()
+    """Backend names, provider kinds or `backend/model` ids to try first, in this order."""
+    cache: Literal["default", "no-store", "refresh", "only-if-cached"] = "default"
+    tags: tuple[str, ...] = ()
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str | None) -> str | None:
+        if value is not None and value not in known_policies():
+            raise ValueError(f"unknown policy {value!r}; known: {', '.join(known_policies())}")
+        return value
+
+    @classmethod
+    def coerce(cls, value: RouteHints | dict[str, Any] | None) -> RouteHints:
+        """Accept the typed form, a plain dict, or nothing."""
+        if value is None:
+            return _EMPTY
+        if isinstance(value, RouteHints):
+            return value
+        return cls.model_validate(value)
+
+
+_EMPTY = RouteHints()

@@ -1,0 +1,89 @@
+"""The route record: what the router did for one call, attached to every response.
+
+`route_of(response)` returns it for a `ChatCompletion` or a stream (complete once the stream
+has ended). It rides on the response object as a private attribute, so `isinstance`,
+equality and `model_dump()` of the openai types are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from providers import RateLimitInfo, Usage
+
+_ATTRIBUTE = "_inference_route"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try against one deployment."""
+
+    backend: str
+    provider: str
+    model: str
+    outcome: str
+    """`ok`, or the failure kind (`rate_limited`, `timeout`, `stream_broken`, …)."""
+    seconds: float
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+    def short(self) -> str:
+        """`groq/openai/gpt-oss-120b rate_limited 0.12s`."""
+        return f"{self.backend}/{self.model} {self.outcome} {self.seconds:.2f}s"
+
+
+@dataclass(slots=True)
+class RouteRecord:
+    """Which backend served, what was tried on the way, how long it took, what it used."""
+
+    requested_model: str
+    alias: str | None
+    policy: str
+    stream: bool
+    backend: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    fallback: str | None = None
+    """The fallback alias that served, when the requested one could not."""
+    attempts: list[Attempt] = field(default_factory=list)
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    usage: Usage | None = None
+    cached: bool = False
+    rate_limits: RateLimitInfo | None = None
+    complete: bool = False
+    """False until a stream has ended (or failed)."""
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        served = f"{self.backend}/{self.model}" if self.backend else "nobody"
+        if self.fallback:
+            served += f" (fallback {self.fallback})"
+        tried = ", ".join(a.short() for a in self.attempts)
+        latency = f" in {self.latency_s:.3f}s" if self.latency_s is not None else ""
+        return f"{self.requested_model} → {served}{latency} [{tried}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, for JSON output."""
+        data = asdict(self)
+        data["rate_limits"] = None if self.rate_limits is None else {
+            key: asdict(window) for key, window in self.rate_limits.windows.items()
+        }
+        return data
+
+
+def attach_route(obj: object, record: RouteRecord) -> None:
+    """Hang the record on a response without touching its fields."""
+    object.__setattr__(obj, _ATTRIBUTE, record)
+
+
+def route_of(obj: object) -> RouteRecord:
+    """The route record of a response or stream returned by the router."""
+    record = getattr(obj, _ATTRIBUTE, None)
+    if record is None:
+        record = getattr(obj, "route", None)
+    if not isinstance(record, RouteRecord):
+        raise ValueError("this object was not returned by inference-router")
+    return record
