@@ -1,0 +1,145 @@
+"""`inference-router demo`: real routing across real llama.cpp servers, with no keys and no network.
+
+Three llama.cpp servers start on loopback, serving tiny random-weight models generated on the
+spot. Requests go through `examples/demo.yaml`; midway, backends are killed and the router
+falls over. The text is noise (the weights are random); the routing, retries and timings are real.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+import anyio
+from openai.types.chat import ChatCompletionMessageParam
+from rich.console import Console
+from rich.table import Table
+
+from router.record import RouteRecord
+
+_PACKAGED = Path(__file__).parent / "local" / "demo.yaml"
+_IN_REPO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+
+
+def demo_config_path() -> Path:
+    """The demo config: the repo's `examples/demo.yaml`, or the copy packed into the wheel."""
+    return _IN_REPO if _IN_REPO.exists() else _PACKAGED
+
+
+@dataclass
+class _Row:
+    number: int
+    mode: str
+    event: str
+    record: RouteRecord
+    text: str
+
+
+def _attempts(record: RouteRecord) -> str:
+    return " → ".join(
+        f"{a.backend} [green]✓[/]" if a.outcome == "ok" else f"{a.backend} [red]✗[/] {a.outcome}"
+        for a in record.attempts
+    )
+
+
+async def _run(requests: int, console: Console, as_json: bool) -> list[_Row]:
+    from router.client import AsyncRouter
+    from router.local.llamacpp_server import LlamaCppServer
+    from router.local.tiny_gguf import write_tiny_gguf
+    from router.record import route_of
+
+    rows: list[_Row] = []
+    with tempfile.TemporaryDirectory(prefix="inference-router-demo-") as folder:
+        work = Path(folder)
+        with console.status("generating tiny models and starting three llama.cpp servers…"):
+            models = [write_tiny_gguf(work / f"tiny-{seed}.gguf", seed=seed) for seed in (0, 1)]
+            servers = {
+                "alpha": LlamaCppServer(models[0], log_path=work / "alpha.log"),
+                "beta": LlamaCppServer(models[0], log_path=work / "beta.log"),
+                "gamma": LlamaCppServer(models[1], log_path=work / "gamma.log"),
+            }
+            for server in servers.values():
+                server.start()
+        try:
+            env = {f"DEMO_{name.upper()}_URL": server.base_url for name, server in servers.items()}
+            kills = {max(2, requests // 3 + 1): "alpha", max(3, 2 * requests // 3 + 1): "beta"}
+            prompt: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about routing."}]
+            async with AsyncRouter.from_config(demo_config_path(), env=env) as router:
+                for number in range(1, requests + 1):
+                    event = ""
+                    if number in kills:
+                        servers[kills[number]].kill()
+                        event = f"{kills[number]} killed"
+                    stream = number % 2 == 0
+                    if stream:
+                        chunks = await router.chat.completions.create(
+                            model="tiny-chat", messages=prompt, max_tokens=24, stream=True
+                        )
+                        text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+                        record = route_of(chunks)
+                    else:
+                        reply = await router.chat.completions.create(model="tiny-chat", messages=prompt, max_tokens=24)
+                        text = reply.choices[0].message.content or ""
+                        record = route_of(reply)
+                    rows.append(_Row(number, "stream" if stream else "complete", event, record, text))
+        finally:
+            for server in servers.values():
+                server.stop()
+    return rows
+
+
+def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
+    """Run the demo and print what the router did; returns the process exit code."""
+    console = Console(stderr=as_json)
+    if not console.is_terminal:
+        console.width = max(console.width, 110)
+    if not as_json:
+        console.print(
+            "[bold]inference-router demo[/]: three real llama.cpp servers on loopback, serving tiny "
+            "[bold yellow]random-weight[/] models. The text is noise; the routing is real.\n"
+            f"Config: {demo_config_path()}  (alias tiny-chat → alpha, beta; fallback tiny-backup → gamma)",
+            soft_wrap=True,
+        )
+    try:
+        rows = anyio.run(_run, requests, console, as_json)
+    except ModuleNotFoundError as exc:
+        console.print(f"[red]the demo needs the `local` extra ({exc.name} is missing):[/] "
+                      "pip install 'inference-router[local]'")
+        return 2
+    if as_json:
+        print(json.dumps([{"request": r.number, "mode": r.mode, "event": r.event, "text": r.text,
+                           "route": r.record.to_dict()} for r in rows], indent=2, default=str))
+        return 0
+    table = Table(title="Which backend answered each request")
+    for column, justify in (("#", "right"), ("mode", "left"), ("served by", "left"), ("attempts", "left"),
+                            ("latency", "right"), ("TTFT", "right"), ("text (noise)", "left")):
+        table.add_column(column, justify=justify, no_wrap=column != "attempts")  # type: ignore[arg-type]
+    for row in rows:
+        record = row.record
+        if row.event:
+            table.add_row("", "", f"[bold red]{row.event}[/]", "", "", "", "")
+        served_by = str(record.backend)
+        if record.fallback:
+            served_by += f" (fallback {record.fallback})"
+        table.add_row(
+            str(row.number), row.mode, served_by, _attempts(record),
+            f"{(record.latency_s or 0) * 1000:.1f} ms",
+            f"{record.ttft_s * 1000:.1f} ms" if record.ttft_s is not None else "–",
+            row.text[:12].replace("[", "\\["),
+        )
+    console.print(table)
+    served: dict[str, int] = {}
+    for row in rows:
+        served[str(row.record.backend)] = served.get(str(row.record.backend), 0) + 1
+    failed_over = sum(1 for row in rows if len(row.record.attempts) > 1)
+    console.print(
+        f"{len(rows)} requests, all answered: "
+        + ", ".join(f"{backend} {count}" for backend, count in served.items())
+        + f"; {failed_over} fell over after a failed attempt."
+    )
+    return 0
+
+
