@@ -104,6 +104,7 @@ class OpenAICompatible:
         "context window",
     )
     content_filter_signatures: ClassVar[tuple[str, ...]] = ("content_filter", "content_policy_violation")
+    truncating_finish_reasons: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -133,14 +134,23 @@ class OpenAICompatible:
     def prepare(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         """Adapt an OpenAI request body to this provider, or raise `Unsupported` without sending."""
         for field in self.rejected_fields:
-            if body.get(field) not in (None, False):
-                raise Unsupported(f"{self.kind} does not accept `{field}`", status_code=400)
-        if stream and self.supports_stream_usage:
-            options = dict(body.get("stream_options") or {})
-            if not options.get("include_usage"):
-                options["include_usage"] = True
-                body = {**body, "stream_options": options}
+            if field in body:
+                if body[field] is not None and body[field] is not False:
+                    raise Unsupported(f"{self.kind} does not accept `{field}`", status_code=400)
+                body = {k: v for k, v in body.items() if k != field}  # "off" is what omitting means
+        if stream:
+            body = {**body, "stream": True}
+            if self.supports_stream_usage:
+                options = dict(body.get("stream_options") or {})
+                if not options.get("include_usage"):
+                    options["include_usage"] = True
+                    body["stream_options"] = options
         return body
+
+    def check_finish(self, finish_reason: str) -> None:
+        """Raise when a finish_reason means the provider cut the answer short (not `length`)."""
+        if finish_reason in self.truncating_finish_reasons:
+            raise ServerError(f"{self.name}: the provider stopped the answer early ({finish_reason})")
 
     def classify(self, status: int, body: Any, headers: Mapping[str, str]) -> ProviderError:
         """Turn an error response (or an in-band error event) into the shared taxonomy."""
@@ -237,23 +247,31 @@ class OpenAICompatible:
             timeout=httpx2.Timeout(None, connect=deadlines.connect_s),
         )
         response: httpx2.Response | None = None
+        failure: ProviderError | None = None
         try:
             with anyio.CancelScope(deadline=min(deadlines.first_token_at, deadlines.total_at)):
                 response = await client.send(request, stream=True)
-        except httpx2.ConnectTimeout as exc:
-            raise ProviderTimeout(f"{self.name}: connect timed out after {deadlines.connect_s:g}s") from exc
-        except httpx2.ConnectError as exc:
-            refused = "refused" in str(exc).lower() or "all connection attempts failed" in str(exc).lower()
-            raise ConnectionFailed(f"{self.name}: cannot connect ({exc})", retryable=not refused) from exc
-        except httpx2.TimeoutException as exc:
-            raise ProviderTimeout(f"{self.name}: timed out ({exc})") from exc
         except httpx2.TransportError as exc:
-            raise ConnectionFailed(f"{self.name}: connection failed ({exc})") from exc
+            failure = self._transport_failure(exc, deadlines)
+        if failure is not None:
+            raise failure  # outside the except: the httpx2 error holds the request, auth header included
         if response is None:
             raise ProviderTimeout(f"{self.name}: no response headers before the first-token deadline")
         if response.status_code >= 400:
             await self._raise_for_status(response, deadlines)
         return response
+
+    def _transport_failure(self, exc: httpx2.TransportError, deadlines: Deadlines) -> ProviderError:
+        """Name a transport error in the taxonomy; the caller raises it outside the except block."""
+        if isinstance(exc, httpx2.ConnectTimeout):
+            return ProviderTimeout(f"{self.name}: connect timed out after {deadlines.connect_s:g}s")
+        if isinstance(exc, httpx2.ConnectError):
+            text = str(exc).lower()
+            refused = "refused" in text or "all connection attempts failed" in text
+            return ConnectionFailed(f"{self.name}: cannot connect ({exc})", retryable=not refused)
+        if isinstance(exc, httpx2.TimeoutException):
+            return ProviderTimeout(f"{self.name}: timed out ({exc})")
+        return ConnectionFailed(f"{self.name}: connection failed ({exc})")
 
     async def _raise_for_status(self, response: httpx2.Response, deadlines: Deadlines) -> None:
         raw = b""
@@ -284,16 +302,21 @@ class OpenAICompatible:
             client, body, deadlines, stream=False, extra_headers=extra_headers, extra_query=extra_query
         )
         raw: bytes | None = None
+        lost: str | None = None
         try:
             with anyio.CancelScope(deadline=deadlines.total_at):
                 raw = await response.aread()
         except httpx2.TransportError as exc:
-            raise ConnectionFailed(f"{self.name}: connection lost while reading the response ({exc})") from exc
+            lost = str(exc)
         finally:
             await response.aclose()
+        if lost is not None:
+            raise ConnectionFailed(f"{self.name}: connection lost while reading the response ({lost})")
         if raw is None:
             raise ProviderTimeout(f"{self.name}: response body not complete before the call deadline")
         completion = self._parse_completion(raw, response.headers)
+        for choice in completion.choices:
+            self.check_finish(choice.finish_reason)
         return Completed(completion, self.usage_of(completion), parse_rate_limits(response.headers))
 
     def _parse_completion(self, raw: bytes, headers: Mapping[str, str]) -> ChatCompletion:
@@ -322,16 +345,21 @@ class OpenAICompatible:
         response = await self._send(
             client, body, deadlines, stream=True, extra_headers=extra_headers, extra_query=extra_query
         )
-        return ChunkStream(self, response, deadlines, choices=int(body.get("n") or 1),
-                           usage_expected=self.supports_stream_usage)
+        return ChunkStream(
+            self, response, deadlines, choices=int(body.get("n") or 1), usage_expected=self.supports_stream_usage
+        )
 
     def parse_chunk(self, event_type: bytes, data: bytes, headers: Mapping[str, str]) -> ChatCompletionChunk:
         """One SSE data payload → a chunk; in-band errors and garbage raise."""
         if event_type != b"error":
             try:
-                return ChatCompletionChunk.model_validate_json(data)
+                chunk = ChatCompletionChunk.model_validate_json(data)
             except pydantic.ValidationError:
                 pass
+            else:
+                extra = chunk.model_extra
+                if not extra or "error" not in extra:
+                    return chunk
         try:
             parsed = json.loads(data)
         except ValueError as exc:
@@ -375,9 +403,9 @@ def has_token(chunk: ChatCompletionChunk) -> bool:
 class ChunkStream:
     """An upstream chat stream: parsed chunks, deadlines, and a faithful ending.
 
-    Ends normally after `[DONE]`, or once every choice has finished and usage has arrived
-    even if `[DONE]` never comes. Raises `StreamBroken` when the connection is cut before
-    that, a data event is malformed, or no data arrives in time (keep-alives don't count).
+    Ends normally after `[DONE]` (once a choice has finished), or once every choice has finished
+    and usage has arrived even if `[DONE]` never comes. Raises `StreamBroken` when the stream is
+    cut before that, a data event is malformed, or no data arrives in time (keep-alives don't count).
     """
 
     def __init__(
@@ -423,29 +451,29 @@ class ChunkStream:
         if self._closed:
             raise StopAsyncIteration
         deadline, phase = self._next_deadline()
+        failure: ProviderError | None = None
+        event: tuple[bytes, bytes] | None = None
         try:
             event = await self._reader.next(deadline)
         except SSEDeadline:
-            await self.aclose()
-            if phase == "finish":
+            if phase == "finish":  # everything arrived; the provider just never said [DONE]
+                await self.aclose()
                 raise StopAsyncIteration from None
-            if deadline >= self._deadlines.total_at:
-                raise ProviderTimeout(f"{self.adapter.name}: stream not finished before the call deadline") from None
-            if phase == "first_token":
-                raise ProviderTimeout(f"{self.adapter.name}: no first token before the first-token deadline") from None
-            raise StreamBroken(
-                f"{self.adapter.name}: stream stalled: no data for {self._deadlines.stall_s:g}s"
-            ) from None
+            failure = self._deadline_failure(phase, deadline)
         except httpx2.TransportError as exc:
-            await self.aclose()
-            raise StreamBroken(f"{self.adapter.name}: stream cut: {exc}") from exc
+            failure = StreamBroken(f"{self.adapter.name}: stream cut: {exc}")
         except BaseException:
             await self.aclose()
             raise
+        if failure is not None:  # raised outside the except: the httpx2 error holds the request
+            await self.aclose()
+            raise failure
         if event is None:
             await self.aclose()
-            if not self._reader.done and not self.finished:
-                raise StreamBroken(f"{self.adapter.name}: stream cut: connection closed before the answer finished")
+            if not self.finished and not (self._reader.done and self.finish_reasons):
+                # `[DONE]` with no choice finished is a cut too (llama-cpp-python's interrupt_requests)
+                ending = "[DONE] came" if self._reader.done else "connection closed"
+                raise StreamBroken(f"{self.adapter.name}: stream cut: {ending} before the answer finished")
             raise StopAsyncIteration
         self._last_data_at = anyio.current_time()
         try:
@@ -456,12 +484,25 @@ class ChunkStream:
         for choice in chunk.choices:
             if choice.finish_reason is not None:
                 self.finish_reasons[choice.index] = choice.finish_reason
+                try:
+                    self.adapter.check_finish(choice.finish_reason)
+                except ProviderError:
+                    await self.aclose()
+                    raise
         if not self.saw_token and has_token(chunk):
             self.saw_token = True
         usage = self.adapter.usage_of(chunk)
         if usage is not None:
             self.usage = usage
         return chunk
+
+    def _deadline_failure(self, phase: str, deadline: float) -> ProviderError:
+        name = self.adapter.name
+        if deadline >= self._deadlines.total_at:
+            return ProviderTimeout(f"{name}: stream not finished before the call deadline")
+        if phase == "first_token":
+            return ProviderTimeout(f"{name}: no first token before the first-token deadline")
+        return StreamBroken(f"{name}: stream stalled: no data for {self._deadlines.stall_s:g}s")
 
     async def aclose(self) -> None:
         """Release the connection now; safe to call more than once."""

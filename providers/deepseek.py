@@ -19,6 +19,7 @@ class DeepSeekProvider(OpenAICompatible):
     default_base_url = "https://api.deepseek.com"
     api_key_env = "DEEPSEEK_API_KEY"
     requires_api_key = True
+    truncating_finish_reasons = frozenset({"insufficient_system_resource"})
     content_filter_signatures: ClassVar[tuple[str, ...]] = (
         *OpenAICompatible.content_filter_signatures,
         "content exists risk",

@@ -6,11 +6,11 @@ classes; the router decides from them whether to retry, fall over or surface the
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 
-class FailureKind(str, Enum):
+class FailureKind(StrEnum):
     """What went wrong, independent of which provider said it."""
 
     RATE_LIMITED = "rate_limited"

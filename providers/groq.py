@@ -5,12 +5,13 @@ Facts: 400 for `logprobs`, `top_logprobs`, `logit_bias`, `messages[].name` and `
 out of capacity; usage of a stream in `x_groq.usage` on the final chunk.
 """
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from providers.base import OpenAICompatible, Usage, _extra, _number
-from providers.errors import Overloaded, ProviderError, QuotaExceeded, Unsupported
+from providers.errors import Overloaded, ProviderError, QuotaExceeded, StreamBroken, Unsupported
 
 
 class GroqProvider(OpenAICompatible):
@@ -28,9 +29,21 @@ class GroqProvider(OpenAICompatible):
             raise Unsupported("groq serves only n=1", status_code=400)
         messages = body.get("messages")
         if isinstance(messages, list) and any(isinstance(m, dict) and "name" in m for m in messages):
-            body = {**body, "messages": [{k: v for k, v in m.items() if k != "name"} if isinstance(m, dict) else m
-                                         for m in messages]}
+            body = {
+                **body,
+                "messages": [
+                    {k: v for k, v in m.items() if k != "name"} if isinstance(m, dict) else m for m in messages
+                ],
+            }
         return super().prepare(body, stream=stream)
+
+    def parse_chunk(self, event_type: bytes, data: bytes, headers: Mapping[str, str]) -> ChatCompletionChunk:
+        """Groq reports why a stream stopped early in `x_groq.error`; that is a broken stream."""
+        chunk = super().parse_chunk(event_type, data, headers)
+        x_groq = _extra(chunk, "x_groq")
+        if isinstance(x_groq, dict) and x_groq.get("error"):
+            raise StreamBroken(f"{self.name}: stream stopped early: {x_groq['error']}")
+        return chunk
 
     def error_class(self, status: int, message: str, code: str, type_: str) -> type[ProviderError]:
         """413 means the request exceeds the org's TPM outright; 498 is flex capacity."""

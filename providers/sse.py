@@ -22,7 +22,7 @@ class SSEDeadline(Exception):
 class SSEReader:
     """Pull `data:` payloads out of a byte stream, one event at a time."""
 
-    __slots__ = ("_chunks", "_buffer", "_data", "_events", "_event_type", "eof", "done", "error_events")
+    __slots__ = ("_buffer", "_chunks", "_data", "_event_type", "_events", "done", "eof", "error_events")
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks

@@ -133,12 +133,15 @@ class AsyncCompletions:
                 body[key] = _jsonable(value)
         if extra_body:
             body.update(_jsonable(dict(extra_body)))
-        if streaming:
-            body["stream"] = True
         path = self._router._path
         call, tiers = path.start(
-            model, body, stream=streaming, hints=hints, timeout_s=_timeout_seconds(timeout),
-            extra_headers=extra_headers, extra_query=extra_query,
+            model,
+            body,
+            stream=streaming,
+            hints=hints,
+            timeout_s=_timeout_seconds(timeout),
+            extra_headers=extra_headers,
+            extra_query=extra_query,
         )
         if streaming:
             options = params.get("stream_options")
@@ -280,7 +283,9 @@ class Stream:
     def __enter__(self) -> Stream:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -291,19 +296,31 @@ class Completions:
         self._router = router
 
     @overload
-    def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam],
-               stream: Literal[False] | None = ..., **params: Any) -> ChatCompletion: ...
+    def create(
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: Literal[False] | None = ...,
+        **params: Any,
+    ) -> ChatCompletion: ...
 
     @overload
-    def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam],
-               stream: Literal[True], **params: Any) -> Stream: ...
+    def create(
+        self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: Literal[True], **params: Any
+    ) -> Stream: ...
 
     @overload
-    def create(self, *, model: str, messages: Iterable[ChatCompletionMessageParam],
-               stream: bool, **params: Any) -> ChatCompletion | Stream: ...
+    def create(
+        self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: bool, **params: Any
+    ) -> ChatCompletion | Stream: ...
 
     def create(
-        self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: bool | None = False,
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: bool | None = False,
         **params: Any,
     ) -> ChatCompletion | Stream:
         """Same arguments as `AsyncRouter.chat.completions.create`, blocking."""
@@ -334,7 +351,9 @@ class Router:
         self.chat = Chat(self)
 
     @classmethod
-    def from_config(cls, source: ConfigSource, *, env: Mapping[str, str] | None = None, seed: int | None = None) -> Router:
+    def from_config(
+        cls, source: ConfigSource, *, env: Mapping[str, str] | None = None, seed: int | None = None
+    ) -> Router:
         """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`."""
         return cls(_as_config(source, env), seed=seed)
 
@@ -360,5 +379,7 @@ class Router:
     def __enter__(self) -> Router:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
