@@ -1,6 +1,6 @@
 """Streaming: chunks arrive as from openai; a break after the first token raises, never truncates.
 
-    python examples/streaming.py [CONFIG]
+python examples/streaming.py [CONFIG]
 """
 
 import anyio
@@ -19,7 +19,7 @@ async def main(config: object) -> None:
             stream_options={"include_usage": True},
         )
         try:
-            async with stream:                          # closing early releases the connection
+            async with stream:  # closing early releases the connection
                 async for chunk in stream:
                     if chunk.choices:
                         print(chunk.choices[0].delta.content or "", end="", flush=True)

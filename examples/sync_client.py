@@ -1,6 +1,6 @@
 """The blocking client, a drop-in for `openai.OpenAI`; errors are openai's exception classes.
 
-    python examples/sync_client.py [CONFIG]
+python examples/sync_client.py [CONFIG]
 """
 
 import openai
@@ -13,7 +13,7 @@ with example_config() as config, Router.from_config(config) as client:
         reply = client.chat.completions.create(
             model="local", messages=[{"role": "user", "content": "Hello!"}], max_tokens=16
         )
-    except openai.RateLimitError as error:              # existing except clauses keep working
+    except openai.RateLimitError as error:  # existing except clauses keep working
         print("every backend is rate-limited:", error, error.attempts)  # type: ignore[attr-defined]
     else:
         print(reply.choices[0].message.content)

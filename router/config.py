@@ -222,7 +222,9 @@ def _line_for(path: Path_, lines: Mapping[Path_, int]) -> int | None:
     return None
 
 
-def load_config(source: str | os.PathLike[str] | Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> RouterConfig:
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any], *, env: Mapping[str, str] | None = None
+) -> RouterConfig:
     """Read and validate a config from a YAML/TOML file path or a mapping; raise ConfigError."""
     env = os.environ if env is None else env
     lines: dict[Path_, int] = {}
@@ -288,9 +290,9 @@ def _cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
 
     check_policy(("policy",), raw.get("policy"))
     for name, backend in backends.items():
-        if isinstance(backend, dict) and backend.get("provider") in PROVIDERS and not backend.get("base_url"):
-            if PROVIDERS[backend["provider"]].default_base_url is None:
-                problems.append((("backends", name, "base_url"), f"provider {backend['provider']!r} needs a base_url"))
+        kind = backend.get("provider") if isinstance(backend, dict) else None
+        if kind in PROVIDERS and not backend.get("base_url") and PROVIDERS[kind].default_base_url is None:
+            problems.append((("backends", name, "base_url"), f"provider {backend['provider']!r} needs a base_url"))
     for alias, model in models.items():
         if not isinstance(model, dict):
             continue
@@ -298,14 +300,19 @@ def _cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
         for i, deployment in enumerate(deployments):
             backend = deployment.get("backend") if isinstance(deployment, dict) else None
             if isinstance(backend, str) and backend not in backends:
-                problems.append((("models", alias, "deployments", i, "backend"),
-                                 f"unknown backend {backend!r}; known: {', '.join(backends) or 'none'}"))
+                problems.append(
+                    (
+                        ("models", alias, "deployments", i, "backend"),
+                        f"unknown backend {backend!r}; known: {', '.join(backends) or 'none'}",
+                    )
+                )
         fallbacks: list[Any] = model["fallbacks"] if isinstance(model.get("fallbacks"), list) else []
         for i, fallback in enumerate(fallbacks):
             if fallback == alias:
                 problems.append((("models", alias, "fallbacks", i), "a model cannot fall back to itself"))
             elif isinstance(fallback, str) and fallback not in models:
-                problems.append((("models", alias, "fallbacks", i),
-                                 f"unknown model {fallback!r}; known: {', '.join(models)}"))
+                problems.append(
+                    (("models", alias, "fallbacks", i), f"unknown model {fallback!r}; known: {', '.join(models)}")
+                )
         check_policy(("models", alias, "policy"), model.get("policy"))
     return problems

@@ -12,7 +12,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import anyio
 from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
@@ -106,16 +105,32 @@ def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
     try:
         rows = anyio.run(_run, requests, console, as_json)
     except ModuleNotFoundError as exc:
-        console.print(f"[red]the demo needs the `local` extra ({exc.name} is missing):[/] "
-                      "pip install 'inference-router[local]'")
+        console.print(
+            f"[red]the demo needs the `local` extra ({exc.name} is missing):[/] pip install 'inference-router[local]'"
+        )
         return 2
     if as_json:
-        print(json.dumps([{"request": r.number, "mode": r.mode, "event": r.event, "text": r.text,
-                           "route": r.record.to_dict()} for r in rows], indent=2, default=str))
+        print(
+            json.dumps(
+                [
+                    {"request": r.number, "mode": r.mode, "event": r.event, "text": r.text, "route": r.record.to_dict()}
+                    for r in rows
+                ],
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     table = Table(title="Which backend answered each request")
-    for column, justify in (("#", "right"), ("mode", "left"), ("served by", "left"), ("attempts", "left"),
-                            ("latency", "right"), ("TTFT", "right"), ("text (noise)", "left")):
+    for column, justify in (
+        ("#", "right"),
+        ("mode", "left"),
+        ("served by", "left"),
+        ("attempts", "left"),
+        ("latency", "right"),
+        ("TTFT", "right"),
+        ("text (noise)", "left"),
+    ):
         table.add_column(column, justify=justify, no_wrap=column != "attempts")  # type: ignore[arg-type]
     for row in rows:
         record = row.record
@@ -125,7 +140,10 @@ def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
         if record.fallback:
             served_by += f" (fallback {record.fallback})"
         table.add_row(
-            str(row.number), row.mode, served_by, _attempts(record),
+            str(row.number),
+            row.mode,
+            served_by,
+            _attempts(record),
             f"{(record.latency_s or 0) * 1000:.1f} ms",
             f"{record.ttft_s * 1000:.1f} ms" if record.ttft_s is not None else "–",
             row.text[:12].replace("[", "\\["),
@@ -141,5 +159,3 @@ def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
         + f"; {failed_over} fell over after a failed attempt."
     )
     return 0
-
-

@@ -127,8 +127,13 @@ def _request(url: str | None) -> httpx2.Request:
 
 
 def status_error(
-    cls: type[openai.APIStatusError], message: str, status: int, *, url: str | None = None,
-    headers: dict[str, str] | None = None, body: Any = None,
+    cls: type[openai.APIStatusError],
+    message: str,
+    status: int,
+    *,
+    url: str | None = None,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
 ) -> openai.APIStatusError:
     """Build an openai status error without a real HTTP exchange behind it."""
     response = httpx2.Response(status, headers=headers or {}, request=_request(url))
@@ -185,9 +190,8 @@ def stream_interrupted(
     failure: ProviderError, partial_text: str, usage: Usage | None, attempts: list[Attempt], route: RouteRecord
 ) -> StreamInterruptedError:
     """The error a committed stream raises when it breaks: names the break, keeps the partial answer."""
-    message = (
-        f"stream interrupted after {len(partial_text)} characters of the answer: {failure.message}"
-        + _tried(attempts)
+    message = f"stream interrupted after {len(partial_text)} characters of the answer: {failure.message}" + _tried(
+        attempts
     )
     error = StreamInterruptedError(message, _request(None), body=failure.body)
     error.partial_text = partial_text

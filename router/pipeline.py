@@ -7,6 +7,7 @@ order candidates, and this module decides what to try next and writes down what 
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,16 @@ import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from policies import Candidate, get_policy
-from providers import PROVIDERS, ChunkStream, Completed, Deadlines, FailureKind, OpenAICompatible, ProviderError, ProviderTimeout
+from providers import (
+    PROVIDERS,
+    ChunkStream,
+    Completed,
+    Deadlines,
+    FailureKind,
+    OpenAICompatible,
+    ProviderError,
+    ProviderTimeout,
+)
 from router.config import RetryPolicy, RouterConfig, Timeouts, merge_retry, merge_timeouts
 from router.errors import no_candidates, to_caller_error, unknown_model
 from router.hints import RouteHints
@@ -59,8 +69,6 @@ class RouteTable:
             cls = PROVIDERS[backend.provider]
             key = backend.api_key.get_secret_value() if backend.api_key is not None else None
             if key is None and cls.api_key_env:
-                import os
-
                 key = os.environ.get(cls.api_key_env)
             self.adapters[name] = cls(base_url=backend.base_url, api_key=key, headers=backend.headers, name=name)
         self.routes: dict[str, ModelRoute] = {}
@@ -70,15 +78,22 @@ class RouteTable:
             for order, entry in enumerate(model.deployments):
                 backend = config.backends[entry.backend]
                 candidate = Candidate(
-                    id=f"{entry.backend}/{entry.model}", backend=entry.backend, provider=backend.provider,
-                    model=entry.model, order=order, weight=entry.weight,
+                    id=f"{entry.backend}/{entry.model}",
+                    backend=entry.backend,
+                    provider=backend.provider,
+                    model=entry.model,
+                    order=order,
+                    weight=entry.weight,
                 )
                 timeouts = merge_timeouts(config.timeouts, backend.timeouts, model.timeouts)
                 deployment = Deployment(candidate, self.adapters[entry.backend], timeouts)
                 deployments.append(deployment)
                 by_model.setdefault(entry.model, {}).setdefault(candidate.id, deployment)
             self.routes[alias] = ModelRoute(
-                alias, tuple(deployments), tuple(model.fallbacks), model.policy or config.policy,
+                alias,
+                tuple(deployments),
+                tuple(model.fallbacks),
+                model.policy or config.policy,
                 merge_retry(config.retry, model.retry),
             )
         self.by_model_id = {
@@ -179,11 +194,14 @@ class RequestPath:
         limits = [first.deployments[0].timeouts.total_s]
         limits += [v for v in (hints.deadline_s, timeout_s) if v is not None]
         record = RouteRecord(
-            requested_model=model, alias=first.name if first.name in self.table.routes else None,
-            policy=hints.policy or first.policy, stream=stream,
+            requested_model=model,
+            alias=first.name if first.name in self.table.routes else None,
+            policy=hints.policy or first.policy,
+            stream=stream,
         )
-        call = Call(body, stream, hints, record, now, now + min(limits), first.retry.max_attempts,
-                    extra_headers, extra_query)
+        call = Call(
+            body, stream, hints, record, now, now + min(limits), first.retry.max_attempts, extra_headers, extra_query
+        )
         return call, tiers
 
     # 2. cache: the response-cache issue slots in here, keyed on the resolved candidate set.
@@ -198,7 +216,9 @@ class RequestPath:
         policy = get_policy(hints.policy or route.policy)
         ranked = policy.rank([d.candidate for d in allowed], self.stats, now=anyio.current_time(), rng=self.rng)
         if hints.prefer:
-            ranked.sort(key=lambda c: next((i for i, n in enumerate(hints.prefer) if _matches(c, (n,))), len(hints.prefer)))
+            ranked.sort(
+                key=lambda c: next((i for i, n in enumerate(hints.prefer) if _matches(c, (n,))), len(hints.prefer))
+            )
         return [by_id[c.id] for c in ranked]
 
     # 4. attempt -------------------------------------------------------------------------
@@ -225,9 +245,15 @@ class RequestPath:
             call.record.ttft_s = anyio.current_time() - call.started
         call.record.rate_limits = opened.upstream.rate_limits
         return RouterStream(
-            opened.upstream, opened.buffered, record=call.record, attempt=served.attempt,
-            call_started=call.started, attempt_started=served.started, stats=self.stats,
-            candidate_id=served.deployment.candidate.id, include_usage=caller_wants_usage,
+            opened.upstream,
+            opened.buffered,
+            record=call.record,
+            attempt=served.attempt,
+            call_started=call.started,
+            attempt_started=served.started,
+            stats=self.stats,
+            candidate_id=served.deployment.candidate.id,
+            include_usage=caller_wants_usage,
         )
 
     async def _complete_once(
@@ -237,7 +263,9 @@ class RequestPath:
             self.client, body, deadlines, extra_headers=call.extra_headers, extra_query=call.extra_query
         )
 
-    async def _open_stream(self, deployment: Deployment, body: dict[str, Any], deadlines: Deadlines, call: Call) -> _Opened:
+    async def _open_stream(
+        self, deployment: Deployment, body: dict[str, Any], deadlines: Deadlines, call: Call
+    ) -> _Opened:
         """Open the stream and hold its chunks back until the first token: the commit point."""
         upstream = await deployment.adapter.stream(
             self.client, body, deadlines, extra_headers=call.extra_headers, extra_query=call.extra_query

@@ -68,9 +68,11 @@ class RouteRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for JSON output."""
         data = asdict(self)
-        data["rate_limits"] = None if self.rate_limits is None else {
-            key: asdict(window) for key, window in self.rate_limits.windows.items()
-        }
+        data["rate_limits"] = (
+            None
+            if self.rate_limits is None
+            else {key: asdict(window) for key, window in self.rate_limits.windows.items()}
+        )
         return data
 
 

@@ -29,8 +29,13 @@ def test_demo_routes_around_killed_backends(capsys: pytest.CaptureFixture[str]) 
 
 def test_demo_table_says_the_text_is_noise() -> None:
     require_local_extra()
-    out = subprocess.run([sys.executable, "-m", "router.cli", "demo", "--requests", "3"], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "router.cli", "demo", "--requests", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     assert "random-weight" in out and "The text is noise; the routing is real." in out
     assert "3 requests, all answered" in out
 
@@ -51,7 +56,8 @@ def test_check_reports_every_error_and_exits_1(tmp_path: Path, capsys: pytest.Ca
 def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(ROOT / "examples" / "router.yaml"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "ok": True, "backends": ["groq", "cerebras", "deepseek", "gpu-box", "laptop", "gateway"],
+        "ok": True,
+        "backends": ["groq", "cerebras", "deepseek", "gpu-box", "laptop", "gateway"],
         "models": ["gpt-oss-120b", "deepseek-flash", "local", "gpt"],
     }
 
@@ -59,7 +65,12 @@ def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("example", ["quickstart.py", "sync_client.py", "streaming.py"])
 def test_examples_run_offline(example: str) -> None:
     require_local_extra()
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / example)], capture_output=True, text=True,
-                            timeout=60, cwd=ROOT / "examples")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT / "examples",
+    )
     assert result.returncode == 0, result.stderr
     assert "local → laptop/tiny-llama" in result.stdout

@@ -100,13 +100,21 @@ def test_hosted_provider_reads_its_key_from_the_environment(
 ) -> None:
     monkeypatch.setenv("GROQ_API_KEY", SECRET)
     route = httpx2_mock.post("https://api.groq.com/openai/v1/chat/completions").mock(
-        return_value=httpx.Response(200, json={
-            "id": "x", "object": "chat.completion", "created": 1, "model": "openai/gpt-oss-20b",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        })
+        return_value=httpx.Response(
+            200,
+            json={
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "openai/gpt-oss-20b",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            },
+        )
     )
-    config = {"backends": {"groq": {"provider": "groq"}},
-              "models": {"oss": {"deployments": [{"backend": "groq", "model": "openai/gpt-oss-20b"}]}}}
+    config = {
+        "backends": {"groq": {"provider": "groq"}},
+        "models": {"oss": {"deployments": [{"backend": "groq", "model": "openai/gpt-oss-20b"}]}},
+    }
     with Router.from_config(config) as router:
         router.chat.completions.create(model="oss", messages=[{"role": "user", "content": "hi"}])
     assert route.calls.last.request.headers["authorization"] == f"Bearer {SECRET}"
@@ -114,30 +122,43 @@ def test_hosted_provider_reads_its_key_from_the_environment(
 
 def test_missing_key_fails_that_backend_without_sending(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
-    config = {"backends": {"ds": {"provider": "deepseek"}},
-              "models": {"flash": {"deployments": [{"backend": "ds", "model": "deepseek-flash"}]}}}
-    with Router.from_config(config) as router:
-        with pytest.raises(openai.AuthenticationError, match="DEEPSEEK_API_KEY"):
-            router.chat.completions.create(model="flash", messages=[{"role": "user", "content": "hi"}])
+    config = {
+        "backends": {"ds": {"provider": "deepseek"}},
+        "models": {"flash": {"deployments": [{"backend": "ds", "model": "deepseek-flash"}]}},
+    }
+    with Router.from_config(config) as router, pytest.raises(openai.AuthenticationError, match="DEEPSEEK_API_KEY"):
+        router.chat.completions.create(model="flash", messages=[{"role": "user", "content": "hi"}])
 
 
-def test_api_key_never_in_repr_log_or_exception(
-    httpx2_mock: respx.Router, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_api_key_never_in_repr_log_or_exception(httpx2_mock: respx.Router, caplog: pytest.LogCaptureFixture) -> None:
     """Some providers echo the key in a 401; it must not reach the caller or the logs."""
     httpx2_mock.post("https://api.cerebras.ai/v1/chat/completions").mock(
         return_value=httpx.Response(401, json={"error": {"message": f"Incorrect API key provided: {SECRET}"}})
     )
-    config = {"backends": {"cb": {"provider": "cerebras", "api_key": SECRET}},
-              "models": {"oss": {"deployments": [{"backend": "cb", "model": "gpt-oss-120b"}]}}}
+    config = {
+        "backends": {"cb": {"provider": "cerebras", "api_key": SECRET}},
+        "models": {"oss": {"deployments": [{"backend": "cb", "model": "gpt-oss-120b"}]}},
+    }
     caplog.set_level(logging.DEBUG)
     with Router.from_config(config) as router:
         with pytest.raises(openai.AuthenticationError) as caught:
             router.chat.completions.create(model="oss", messages=[{"role": "user", "content": "hi"}])
-        surfaces = [repr(router), repr(router.config), str(router.config.model_dump()), repr(router._async._path.table.adapters)]
+        surfaces = [
+            repr(router),
+            repr(router.config),
+            str(router.config.model_dump()),
+            repr(router._async._path.table.adapters),
+        ]
     error = caught.value
-    surfaces += [str(error), repr(error), str(error.body), str(error.request.headers), str(error.response.headers),
-                 str(error.attempts), caplog.text]  # type: ignore[attr-defined]
+    surfaces += [
+        str(error),
+        repr(error),
+        str(error.body),
+        str(error.request.headers),
+        str(error.response.headers),
+        str(error.attempts),
+        caplog.text,
+    ]  # type: ignore[attr-defined]
     leaks = [s for s in surfaces if SECRET in s]
     assert leaks == []
     assert "[redacted]" in str(error)

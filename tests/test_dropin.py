@@ -54,8 +54,10 @@ def run_sync(client: Any, model: str, params: dict[str, Any], stream: bool) -> l
     """The sync test body: the same code for both clients."""
     if not stream:
         return [stable(client.chat.completions.create(model=model, messages=PROMPT, **params).model_dump())]
-    return [stable(c.model_dump()) for c in client.chat.completions.create(model=model, messages=PROMPT,
-                                                                             stream=True, **params)]
+    return [
+        stable(c.model_dump())
+        for c in client.chat.completions.create(model=model, messages=PROMPT, stream=True, **params)
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
@@ -70,8 +72,14 @@ async def test_async_router_equals_async_openai(llama_pair: Any, params: dict[st
     assert got == expected
 
 
-@pytest.mark.parametrize("params", [{"max_tokens": 5, "temperature": 0}, {"max_tokens": 5, "temperature": 0,
-                                    "stream_options": {"include_usage": True}}], ids=["no-usage", "usage"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_tokens": 5, "temperature": 0},
+        {"max_tokens": 5, "temperature": 0, "stream_options": {"include_usage": True}},
+    ],
+    ids=["no-usage", "usage"],
+)
 async def test_stream_usage_chunk_matches_openai(llama_pair: Any, params: dict[str, Any]) -> None:
     server = llama_pair[0]
     direct = openai.AsyncOpenAI(base_url=server.base_url, api_key="none", max_retries=0)

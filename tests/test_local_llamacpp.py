@@ -12,7 +12,6 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from router.local.llamacpp_server import LlamaCppServer, LlamaCppServerError
 from router.local.tiny_gguf import write_tiny_gguf
-
 from tests.conftest import require_local_extra
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]

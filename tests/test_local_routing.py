@@ -22,8 +22,14 @@ def two_backends(first: Any, second: Any, kind: str = "llamacpp") -> dict[str, A
             "first": {"provider": kind, "base_url": first.base_url, "api_key": "local-key"},
             "second": {"provider": kind, "base_url": second.base_url, "api_key": "local-key"},
         },
-        "models": {"tiny": {"deployments": [{"backend": "first", "model": "tiny-llama"},
-                                            {"backend": "second", "model": "tiny-llama"}]}},
+        "models": {
+            "tiny": {
+                "deployments": [
+                    {"backend": "first", "model": "tiny-llama"},
+                    {"backend": "second", "model": "tiny-llama"},
+                ]
+            }
+        },
     }
 
 

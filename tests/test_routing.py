@@ -39,8 +39,10 @@ def config(**overrides: Any) -> dict[str, Any]:
             "b": {"provider": "openai", "base_url": "http://b.test/v1", "api_key": "key-b"},
         },
         "models": {
-            "primary": {"deployments": [{"backend": "a", "model": "m1"}, {"backend": "b", "model": "m1"}],
-                        "fallbacks": ["fallback"]},
+            "primary": {
+                "deployments": [{"backend": "a", "model": "m1"}, {"backend": "b", "model": "m1"}],
+                "fallbacks": ["fallback"],
+            },
             "fallback": {"deployments": [{"backend": "b", "model": "m2"}]},
         },
         "retry": {"attempts_per_deployment": 2, "backoff_initial_s": 0.01, "backoff_max_s": 0.05},
@@ -52,7 +54,10 @@ def config(**overrides: Any) -> dict[str, Any]:
 
 def completion(model: str, text: str = "hello") -> dict[str, Any]:
     return {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
     }
@@ -64,13 +69,20 @@ def chunk(content: str | None = None, finish: str | None = None, role: str | Non
         delta["role"] = role
     if content is not None:
         delta["content"] = content
-    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m1",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    body = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m1",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-USAGE = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m1","choices":[],' \
-        b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n'
+USAGE = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m1","choices":[],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n'
+)
 
 
 def sse(*parts: bytes | float) -> Any:
@@ -123,8 +135,11 @@ async def test_falls_over_in_order_then_to_fallback_alias(httpx2_mock: respx.Rou
     assert seen == ["a/m1", "a/m1", "b/m1", "b/m1", "b/m2"]
     route = route_of(reply)
     assert [(a.backend, a.model, a.outcome) for a in route.attempts] == [
-        ("a", "m1", "server_error"), ("a", "m1", "server_error"),
-        ("b", "m1", "overloaded"), ("b", "m1", "overloaded"), ("b", "m2", "ok"),
+        ("a", "m1", "server_error"),
+        ("a", "m1", "server_error"),
+        ("b", "m1", "overloaded"),
+        ("b", "m1", "overloaded"),
+        ("b", "m2", "ok"),
     ]
     assert (route.backend, route.model) == ("b", "m2")
 
@@ -143,10 +158,12 @@ async def test_attempts_are_bounded_and_error_carries_them(httpx2_mock: respx.Ro
 
 
 async def test_retry_after_is_honoured(httpx2_mock: respx.Router) -> None:
-    httpx2_mock.post(A).mock(side_effect=[
-        httpx.Response(429, headers={"retry-after": "0.4"}, json={"error": {"message": "slow down"}}),
-        httpx.Response(200, json=completion("m1")),
-    ])
+    httpx2_mock.post(A).mock(
+        side_effect=[
+            httpx.Response(429, headers={"retry-after": "0.4"}, json={"error": {"message": "slow down"}}),
+            httpx.Response(200, json=completion("m1")),
+        ]
+    )
     async with AsyncRouter.from_config(config()) as router:
         started = time.perf_counter()
         reply = await router.chat.completions.create(model="primary", messages=HI)
@@ -193,8 +210,11 @@ async def test_context_too_long_is_not_retried_on_the_same_deployment(httpx2_moc
 
 async def test_stream_failing_before_first_token_falls_over(httpx2_mock: respx.Router) -> None:
     httpx2_mock.post(A).mock(side_effect=sse(chunk(role="assistant")))  # cut: no token, no [DONE]
-    httpx2_mock.post(B).mock(side_effect=sse(chunk(role="assistant"), chunk("Hel"), chunk("lo"),
-                                              chunk(finish="stop"), USAGE, b"data: [DONE]\n\n"))
+    httpx2_mock.post(B).mock(
+        side_effect=sse(
+            chunk(role="assistant"), chunk("Hel"), chunk("lo"), chunk(finish="stop"), USAGE, b"data: [DONE]\n\n"
+        )
+    )
     async with AsyncRouter.from_config(config()) as router:
         stream = await router.chat.completions.create(model="primary", messages=HI, stream=True)
         chunks = [c async for c in stream]
@@ -203,7 +223,7 @@ async def test_stream_failing_before_first_token_falls_over(httpx2_mock: respx.R
     assert all(c.choices for c in chunks), "the caller did not ask for the usage chunk"
     route = route_of(stream)
     assert route.complete and route.backend == "b"
-    assert [a.outcome for a in route.attempts][0] == "stream_broken"
+    assert route.attempts[0].outcome == "stream_broken"
     assert route.usage is not None and route.usage.completion_tokens == 2
 
 
@@ -301,9 +321,19 @@ async def test_request_fields_pass_through(httpx2_mock: respx.Router) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     async with AsyncRouter.from_config(config()) as router:
         await router.chat.completions.create(
-            model="primary", messages=HI, tools=tools, tool_choice="auto", temperature=0, seed=7,
-            max_completion_tokens=5, stop=["x"], response_format={"type": "json_object"}, user="u",
-            extra_headers={"x-trace": "1"}, extra_body={"top_k": 3}, metadata={"a": "b"},
+            model="primary",
+            messages=HI,
+            tools=tools,
+            tool_choice="auto",
+            temperature=0,
+            seed=7,
+            max_completion_tokens=5,
+            stop=["x"],
+            response_format={"type": "json_object"},
+            user="u",
+            extra_headers={"x-trace": "1"},
+            extra_body={"top_k": 3},
+            metadata={"a": "b"},
             temperature_unused=openai.NOT_GIVEN,
         )
     body = json.loads(sent[0].content)

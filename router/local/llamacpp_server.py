@@ -129,9 +129,7 @@ class LlamaCppServer:
         if port_in_use(self.port):
             raise LlamaCppServerError(f"port {self.port} on {HOST} is already in use")
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")])
-        )
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
         env.pop(API_KEY_ENV, None)
         if self.api_key:
             env[API_KEY_ENV] = self.api_key
@@ -165,8 +163,7 @@ class LlamaCppServer:
                 code = self._proc.poll()
                 if code is not None:
                     raise LlamaCppServerError(
-                        f"llama.cpp server exited with code {code} during startup\n"
-                        + self.log_tail()
+                        f"llama.cpp server exited with code {code} during startup\n" + self.log_tail()
                     )
                 try:
                     response = client.get(f"{self.root_url}/health")

@@ -234,11 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--template", choices=sorted(TEMPLATES), default="tools")
     parser.add_argument("--f32", action="store_true", help="store 2-D weights as F32, not F16")
     args = parser.parse_args(argv)
-    print(
-        write_tiny_gguf(
-            args.out, seed=args.seed, ctx=args.ctx, template=args.template, f32=args.f32
-        )
-    )
+    print(write_tiny_gguf(args.out, seed=args.seed, ctx=args.ctx, template=args.template, f32=args.f32))
 
 
 if __name__ == "__main__":
