@@ -7,6 +7,7 @@ order candidates, and this module decides what to try next and writes down what 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,6 +38,7 @@ from router.stats import MemoryStats
 from router.streaming import RouterStream
 
 T = TypeVar("T")
+logger = logging.getLogger("router")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +315,7 @@ class RequestPath:
         raise self._give_up(call, last) from last
 
     def _give_up(self, call: Call, failure: ProviderError) -> Exception:
+        logger.warning("call failed: %s", call.record.summary())
         call.record.latency_s = anyio.current_time() - call.started
         call.record.complete = True
         url = None
@@ -405,6 +408,14 @@ class RequestPath:
 
 
 def _failed(attempt: Attempt, failure: ProviderError, seconds: float) -> None:
+    logger.info(
+        "attempt failed: %s/%s %s after %.3fs: %s",
+        attempt.backend,
+        attempt.model,
+        failure.kind.value,
+        seconds,
+        failure.message,
+    )
     attempt.outcome = failure.kind.value
     attempt.seconds = seconds
     attempt.status_code = failure.status_code

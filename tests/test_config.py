@@ -161,4 +161,5 @@ def test_api_key_never_in_repr_log_or_exception(httpx2_mock: respx.Router, caplo
     ]  # type: ignore[attr-defined]
     leaks = [s for s in surfaces if SECRET in s]
     assert leaks == []
+    assert "attempt failed: cb/gpt-oss-120b auth" in caplog.text  # the failure was logged, redacted
     assert "[redacted]" in str(error)
