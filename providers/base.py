@@ -41,6 +41,8 @@ from providers.sse import SSEDeadline, SSEReader
 # After every choice has finished, wait this long for a late usage chunk or `[DONE]`.
 _FINISH_GRACE_S = 0.1
 _USAGE_GRACE_S = 2.0
+# After `[DONE]`, read the end of the HTTP body for at most this long so the connection is reused.
+_DRAIN_S = 0.1
 _KEPT_ERROR_HEADERS = re.compile(r"^(retry-after|retry-after-ms|x-ratelimit-.*|x-request-id|x-should-retry)$")
 
 
@@ -469,6 +471,8 @@ class ChunkStream:
             await self.aclose()
             raise failure
         if event is None:
+            if self._reader.done:
+                await self._reader.drain(anyio.current_time() + _DRAIN_S)  # lets the pool reuse the connection
             await self.aclose()
             if not self.finished and not (self._reader.done and self.finish_reasons):
                 # `[DONE]` with no choice finished is a cut too (llama-cpp-python's interrupt_requests)

@@ -70,6 +70,13 @@ class SSEReader:
             self._events.append((self._event_type, b"\n".join(self._data)))
             self._data = []
 
+    async def drain(self, deadline: float) -> None:
+        """Read and discard the rest of the byte stream, until its end or `deadline`."""
+        with anyio.CancelScope(deadline=deadline):
+            async for _ in self._chunks:
+                pass
+        self.eof = True
+
     async def next(self, deadline: float) -> tuple[bytes, bytes] | None:
         """The next (event type, data) pair, or None after `[DONE]` or the end of the stream.
 
