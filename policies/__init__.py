@@ -1,16 +1,29 @@
 """Selection policies: pure functions of candidates and live stats, no I/O.
 
-`get_policy(name)` returns a registered policy; `register(cls)` adds a user's own.
+`get_policy(name)` returns a registered policy; `register(name, factory)` adds a user's own.
+Built in: `cheapest`, `fastest`, `least-loaded`, `weighted` and `ordered`. The estimates they
+rank by (expected cost, time, load) live in `policies.estimates`, for the router's constraint
+checks and explain output too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from policies.base import Candidate, DeploymentStats, NoStats, Policy, StatsView
+from policies.base import Candidate, DeploymentStats, NoStats, Policy, Price, RequestProfile, StatsView
+from policies.cheapest import Cheapest
+from policies.fastest import Fastest
+from policies.least_loaded import LeastLoaded
 from policies.ordered import Ordered
+from policies.weighted import Weighted
 
-_REGISTRY: dict[str, Callable[[], Policy]] = {"ordered": Ordered}
+_REGISTRY: dict[str, Callable[[], Policy]] = {
+    "cheapest": Cheapest,
+    "fastest": Fastest,
+    "least-loaded": LeastLoaded,
+    "ordered": Ordered,
+    "weighted": Weighted,
+}
 
 
 def register(name: str, factory: Callable[[], Policy]) -> None:
@@ -33,11 +46,17 @@ def get_policy(name: str) -> Policy:
 
 __all__ = [
     "Candidate",
+    "Cheapest",
     "DeploymentStats",
+    "Fastest",
+    "LeastLoaded",
     "NoStats",
     "Ordered",
     "Policy",
+    "Price",
+    "RequestProfile",
     "StatsView",
+    "Weighted",
     "get_policy",
     "known_policies",
     "register",

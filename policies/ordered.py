@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from policies.base import Candidate, StatsView
+from policies.base import Candidate, RequestProfile, StatsView
 
 
 class Ordered:
@@ -14,6 +14,12 @@ class Ordered:
     name = "ordered"
 
     def rank(
-        self, candidates: Sequence[Candidate], stats: StatsView, *, now: float, rng: random.Random
+        self,
+        candidates: Sequence[Candidate],
+        stats: StatsView,
+        *,
+        request: RequestProfile,
+        now: float,
+        rng: random.Random,
     ) -> list[Candidate]:
         return sorted(candidates, key=lambda c: c.order)

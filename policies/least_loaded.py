@@ -1,0 +1,67 @@
+"""`least-loaded`: the deployment with the most spare capacity first, spread by power of two choices."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from policies.base import Candidate, RequestProfile, StatsView
+from policies.estimates import at_capacity, capacity, load
+
+NEAR_RELATIVE = 0.10
+"""Loads within this share of the lowest count as near-equal (as do loads one request above it)."""
+
+
+class LeastLoaded:
+    """Rank by `estimates.load` (outstanding requests ÷ capacity), ascending.
+
+    Always taking the minimum makes concurrent callers, who all see the same stats, herd onto
+    one deployment. So the first place goes by power of two choices among the near-equal: the
+    deployments whose load is within `NEAR_RELATIVE` of the lowest, or at most one request above
+    it (one request is `1 / capacity` of load, or 1 with no capacity known). Two of them are
+    drawn at random (`rng`) and the one with the lower load goes first (on a tie, the one drawn
+    first). Everything else follows by load, then config order. Deployments at capacity
+    (`estimates.at_capacity`) come last, by load: the router will not send to them, but a
+    ranking drops nothing.
+    """
+
+    name = "least-loaded"
+
+    def rank(
+        self,
+        candidates: Sequence[Candidate],
+        stats: StatsView,
+        *,
+        request: RequestProfile,
+        now: float,
+        rng: random.Random,
+    ) -> list[Candidate]:
+        get = stats.get
+        open_: list[tuple[float, int, int, Candidate, float]] = []
+        full: list[tuple[float, int, int, Candidate]] = []
+        for i, c in enumerate(candidates):
+            s = get(c.id)
+            c_load = load(c, s)
+            if at_capacity(c, s):
+                full.append((c_load, c.order, i, c))
+                continue
+            slots = capacity(c, s)
+            open_.append((c_load, c.order, i, c, 1.0 / slots if slots else 1.0))
+        open_.sort()
+        full.sort()
+        ranked = [t[3] for t in open_]
+        if len(open_) >= 2:
+            best = open_[0][0]
+            near_limit = best * (1.0 + NEAR_RELATIVE)
+            near = [j for j, t in enumerate(open_) if t[0] <= near_limit or t[0] - t[4] <= best]
+            n = len(near)
+            if n >= 2:
+                a = int(rng.random() * n)
+                b = int(rng.random() * (n - 1))
+                if b >= a:
+                    b += 1
+                first = near[a] if open_[near[a]][0] <= open_[near[b]][0] else near[b]
+                if first:
+                    ranked.insert(0, ranked.pop(first))
+        ranked.extend(t[3] for t in full)
+        return ranked
