@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar, cast
 
 import anyio
@@ -19,6 +20,7 @@ import pydantic
 import pydantic_core
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from providers.catalog import ModelFacts, ModelPrice
 from providers.errors import (
     AuthFailed,
     BadRequest,
@@ -107,6 +109,8 @@ class OpenAICompatible:
     )
     content_filter_signatures: ClassVar[tuple[str, ...]] = ("content_filter", "content_policy_violation")
     truncating_finish_reasons: ClassVar[frozenset[str]] = frozenset()
+    catalog: ClassVar[Mapping[str, ModelFacts]] = {}
+    """Published prices and context windows of this provider's models (`providers/catalog.py`)."""
 
     def __init__(
         self,
@@ -148,6 +152,16 @@ class OpenAICompatible:
                     options["include_usage"] = True
                     body["stream_options"] = options
         return body
+
+    def context_window(self, model: str) -> int | None:
+        """The model's context window in tokens, if the provider publishes it."""
+        facts = self.catalog.get(model)
+        return facts.context_window if facts else None
+
+    def price_at(self, model: str, when: datetime) -> ModelPrice | None:
+        """The list price in effect at `when`, if the provider publishes one."""
+        facts = self.catalog.get(model)
+        return facts.price if facts else None
 
     def check_finish(self, finish_reason: str) -> None:
         """Raise when a finish_reason means the provider cut the answer short (not `length`)."""

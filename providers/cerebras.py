@@ -5,7 +5,11 @@ Facts: 402 payment required, 503 service unavailable, context overflow as a 400 
 status 200 carrying their real status in `status_code` (handled by the base parser).
 """
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from providers.base import OpenAICompatible
+from providers.catalog import CEREBRAS, ModelFacts
 
 
 class CerebrasProvider(OpenAICompatible):
@@ -15,3 +19,4 @@ class CerebrasProvider(OpenAICompatible):
     default_base_url = "https://api.cerebras.ai/v1"
     api_key_env = "CEREBRAS_API_KEY"
     requires_api_key = True
+    catalog: ClassVar[Mapping[str, ModelFacts]] = CEREBRAS

@@ -6,9 +6,12 @@ beside `content`, cache hits counted in `prompt_cache_hit_tokens`, and `: keep-a
 comments while a request waits in the queue.
 """
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import ClassVar
 
 from providers.base import OpenAICompatible
+from providers.catalog import DEEPSEEK, ModelFacts, ModelPrice, deepseek_is_peak
 from providers.errors import ContentFiltered, ProviderError, QuotaExceeded
 
 
@@ -20,10 +23,20 @@ class DeepSeekProvider(OpenAICompatible):
     api_key_env = "DEEPSEEK_API_KEY"
     requires_api_key = True
     truncating_finish_reasons = frozenset({"insufficient_system_resource"})
+    catalog: ClassVar[Mapping[str, ModelFacts]] = DEEPSEEK
     content_filter_signatures: ClassVar[tuple[str, ...]] = (
         *OpenAICompatible.content_filter_signatures,
         "content exists risk",
     )
+
+    def price_at(self, model: str, when: datetime) -> ModelPrice | None:
+        """Half price outside DeepSeek's peak hours (01–04 and 06–10 UTC on weekdays)."""
+        facts = self.catalog.get(model)
+        if facts is None:
+            return None
+        if facts.offpeak_price is not None and not deepseek_is_peak(when):
+            return facts.offpeak_price
+        return facts.price
 
     def error_class(self, status: int, message: str, code: str, type_: str) -> type[ProviderError]:
         """402 is an empty balance; a 429 concurrency cap tied to the balance is retryable."""

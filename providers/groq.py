@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from providers.base import OpenAICompatible, Usage, _extra, _number
+from providers.catalog import GROQ, ModelFacts
 from providers.errors import Overloaded, ProviderError, QuotaExceeded, StreamBroken, Unsupported
 
 
@@ -22,6 +23,7 @@ class GroqProvider(OpenAICompatible):
     api_key_env = "GROQ_API_KEY"
     requires_api_key = True
     rejected_fields: ClassVar[tuple[str, ...]] = ("logprobs", "top_logprobs", "logit_bias")
+    catalog: ClassVar[Mapping[str, ModelFacts]] = GROQ
 
     def prepare(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         """Refuse what Groq would 400 on; drop `name` on messages, which only labels a speaker."""
