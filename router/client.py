@@ -11,11 +11,13 @@ import os
 import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
+import anyio.abc
 import httpx2
 import openai
 from anyio.from_thread import BlockingPortal
@@ -24,8 +26,10 @@ from pydantic import BaseModel
 
 from router.config import RouterConfig, load_config
 from router.hints import RouteHints
-from router.pipeline import RequestPath, RouteTable
+from router.load import LoadPoller
+from router.pipeline import RequestPath
 from router.record import RouteRecord, attach_route
+from router.routes import RouteTable
 from router.stats import MemoryStats
 from router.streaming import RouterStream
 
@@ -175,7 +179,23 @@ class AsyncRouter:
         )
         self.stats = MemoryStats()
         self._path = RequestPath(RouteTable(config), self._client, self.stats, random.Random(seed))
+        self._background: anyio.abc.TaskGroup | None = None
         self.chat = AsyncChat(self)
+
+    async def run_background(self) -> None:
+        """Poll self-hosted backends' load endpoints until cancelled (started by `async with`)."""
+        targets = self._path.table.probe_targets()
+        if not targets:
+            return
+        probes = self.config.load_probes
+        poller = LoadPoller(
+            targets,
+            self._client,
+            self.stats.observe_server_load,
+            interval_s=probes.interval_s,
+            timeout_s=probes.timeout_s,
+        )
+        await poller.run()
 
     @classmethod
     def from_config(
@@ -194,15 +214,43 @@ class AsyncRouter:
         """The aliases callers can ask for."""
         return list(self.config.models)
 
+    async def explain(
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        route: RouteHints | Mapping[str, Any] | None = None,
+        stream: bool = False,
+        **params: Any,
+    ) -> RouteRecord:
+        """How a call with these arguments would be routed, without sending it.
+
+        Returns a route record whose `ranking` lists every tier's candidates in rank order with
+        the policy's inputs (price, expected cost and TTFT, load, headroom) and whose `excluded`
+        says why each other deployment was left out.
+        """
+        hints = RouteHints.coerce(dict(route) if isinstance(route, Mapping) else route)
+        body: dict[str, Any] = {"messages": _jsonable(list(messages)), **_jsonable(params)}
+        return self._path.explain(model, body, stream=stream, hints=hints)
+
     def __repr__(self) -> str:
         return f"<AsyncRouter backends={list(self.config.backends)} models={self.models}>"
 
     async def aclose(self) -> None:
-        """Close pooled connections (if the router created the HTTP client)."""
+        """Stop background polling and close pooled connections (if the router created the client)."""
+        if self._background is not None:
+            background, self._background = self._background, None
+            background.cancel_scope.cancel()
+            await background.__aexit__(None, None, None)
         if self._owns_client:
             await self._client.aclose()
 
     async def __aenter__(self) -> AsyncRouter:
+        """Start the background load probes of self-hosted backends for the router's lifetime."""
+        if self._background is None and self._path.table.probe_targets():
+            self._background = anyio.create_task_group()
+            await self._background.__aenter__()
+            self._background.start_soon(self.run_background)
         return self
 
     async def __aexit__(
@@ -245,6 +293,12 @@ class _LoopThread:
         if self._portal is None:
             raise RuntimeError("the router is closed")
         return self._portal.call(func)
+
+    def start(self, func: Callable[[], Awaitable[object]]) -> Future[object]:
+        """Run a coroutine function on the loop in the background; cancel the returned future to stop it."""
+        if self._portal is None:
+            raise RuntimeError("the router is closed")
+        return self._portal.start_task_soon(func)
 
     def stop(self) -> None:
         """Stop the loop and join the thread."""
@@ -347,6 +401,7 @@ class Router:
             return AsyncRouter(config, seed=seed)
 
         self._async = self._loop.call(build)
+        self._background = self._loop.start(self._async.run_background)
         self.config = config
         self.chat = Chat(self)
 
@@ -367,12 +422,17 @@ class Router:
         """Live per-deployment stats."""
         return self._async.stats
 
+    def explain(self, *, model: str, messages: Iterable[ChatCompletionMessageParam], **params: Any) -> RouteRecord:
+        """How a call would be routed, without sending it (see `AsyncRouter.explain`)."""
+        return self._loop.call(partial(self._async.explain, model=model, messages=list(messages), **params))
+
     def __repr__(self) -> str:
         return f"<Router backends={list(self.config.backends)} models={self.models}>"
 
     def close(self) -> None:
         """Close connections and stop the background loop."""
         if self._loop._portal is not None:
+            self._background.cancel()
             self._loop.call(self._async.aclose)
             self._loop.stop()
 

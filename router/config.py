@@ -78,12 +78,59 @@ class BackendConfig(_Strict):
     timeouts: TimeoutsOverride | None = None
 
 
+class PriceConfig(_Strict):
+    """USD per million tokens (hosted), or per hour of the machine (self-hosted)."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+    cached_input_per_mtok: float | None = Field(None, ge=0)
+    per_hour: float | None = Field(None, ge=0)
+
+
+class Capabilities(_Strict):
+    """What a deployment can serve; a request that needs more skips it."""
+
+    tools: bool = True
+    json_schema: bool = True
+    stream: bool = True
+
+
+class Priors(_Strict):
+    """Expected speed before the router has measured any: used by `fastest` and the cost of per-hour prices."""
+
+    ttft_s: float | None = Field(None, gt=0)
+    tokens_per_s: float | None = Field(None, gt=0)
+
+
 class DeploymentConfig(_Strict):
-    """A model id served by a backend."""
+    """A model id served by a backend, and what the router should know of it."""
 
     backend: str
     model: str
     weight: float = Field(1.0, gt=0)
+    price: PriceConfig | None = None
+    """Overrides the provider's published price (required for a cost on self-hosted backends)."""
+    context_window: int | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    priors: Priors = Field(default_factory=Priors)
+
+
+class Constraints(_Strict):
+    """Limits any policy must respect; per alias in config, or per call in `route=` hints."""
+
+    max_cost_usd: float | None = Field(None, ge=0)
+    max_ttft_s: float | None = Field(None, gt=0)
+    max_input_per_mtok: float | None = Field(None, ge=0)
+    max_output_per_mtok: float | None = Field(None, ge=0)
+
+
+class LoadProbes(_Strict):
+    """Background polling of vLLM and llama.cpp load endpoints while the router is open."""
+
+    enabled: bool = True
+    interval_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
 
 
 class ModelConfig(_Strict):
@@ -92,6 +139,7 @@ class ModelConfig(_Strict):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list)
     policy: str | None = None
+    constraints: Constraints = Field(default_factory=Constraints)
     timeouts: TimeoutsOverride | None = None
     retry: RetryOverride | None = None
 
@@ -104,6 +152,7 @@ class RouterConfig(_Strict):
     policy: str = "ordered"
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    load_probes: LoadProbes = Field(default_factory=LoadProbes)
 
 
 def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:

@@ -13,6 +13,7 @@ import httpx2
 import openai
 
 from providers import FailureKind, ProviderError, Usage
+from router.eligibility import Exclusion
 from router.record import Attempt, RouteRecord
 
 _NOWHERE = "http://inference-router.invalid/chat/completions"
@@ -206,8 +207,9 @@ def unknown_model(model: str, aliases: list[str]) -> UnknownModelError:
     return _attach(error, [], None)  # type: ignore[no-any-return]
 
 
-def no_candidates(model: str, excluded: list[str], route: RouteRecord) -> NoCandidatesError:
-    """Raised when hints excluded every deployment."""
-    message = f"no deployment of {model!r} is left to try; excluded: {', '.join(excluded)}"
+def no_candidates(model: str, excluded: list[Exclusion], route: RouteRecord) -> NoCandidatesError:
+    """Raised when every deployment was excluded before ranking; says why each was."""
+    reasons = "; ".join(f"{e.candidate}: {e.reason}" for e in excluded)
+    message = f"no deployment of {model!r} can serve this request ({reasons})"
     error = status_error(NoCandidatesError, message, 400, body={"message": message})
     return _attach(error, [], route)  # type: ignore[no-any-return]

@@ -8,10 +8,10 @@ order candidates, and this module decides what to try next and writes down what 
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -19,109 +19,29 @@ import httpx2
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from policies import Candidate, get_policy
+from policies import Policy, RequestProfile, StatsView, get_policy
+from policies.estimates import expected_cost_usd, expected_duration_s, expected_ttft_s, load
 from providers import (
-    PROVIDERS,
     ChunkStream,
     Completed,
     Deadlines,
     FailureKind,
-    OpenAICompatible,
+    Overloaded,
     ProviderError,
     ProviderTimeout,
+    parse_rate_limits,
 )
-from router.config import RetryPolicy, RouterConfig, Timeouts, merge_retry, merge_timeouts
-from router.errors import no_candidates, to_caller_error, unknown_model
+from router.config import RetryPolicy
+from router.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
+from router.errors import no_candidates, to_caller_error
 from router.hints import RouteHints
-from router.record import Attempt, RouteRecord, attach_route
+from router.record import Attempt, RankedCandidate, RouteRecord, attach_route
+from router.routes import Deployment, ModelRoute, RouteTable
 from router.stats import MemoryStats
 from router.streaming import RouterStream
 
 T = TypeVar("T")
 logger = logging.getLogger("router")
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    """A candidate with the adapter that reaches it and the time limits that apply to it."""
-
-    candidate: Candidate
-    adapter: OpenAICompatible
-    timeouts: Timeouts
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRoute:
-    """An alias (or a bare model id): its deployments, fallbacks and settings."""
-
-    name: str
-    deployments: tuple[Deployment, ...]
-    fallbacks: tuple[str, ...]
-    policy: str
-    retry: RetryPolicy
-
-
-class RouteTable:
-    """Step 1's data: aliases and model ids → deployments, built once from the config."""
-
-    def __init__(self, config: RouterConfig) -> None:
-        self.config = config
-        self.adapters: dict[str, OpenAICompatible] = {}
-        for name, backend in config.backends.items():
-            cls = PROVIDERS[backend.provider]
-            key = backend.api_key.get_secret_value() if backend.api_key is not None else None
-            if key is None and cls.api_key_env:
-                key = os.environ.get(cls.api_key_env)
-            self.adapters[name] = cls(base_url=backend.base_url, api_key=key, headers=backend.headers, name=name)
-        self.routes: dict[str, ModelRoute] = {}
-        by_model: dict[str, dict[str, Deployment]] = {}
-        for alias, model in config.models.items():
-            deployments = []
-            for order, entry in enumerate(model.deployments):
-                backend = config.backends[entry.backend]
-                candidate = Candidate(
-                    id=f"{entry.backend}/{entry.model}",
-                    backend=entry.backend,
-                    provider=backend.provider,
-                    model=entry.model,
-                    order=order,
-                    weight=entry.weight,
-                )
-                timeouts = merge_timeouts(config.timeouts, backend.timeouts, model.timeouts)
-                deployment = Deployment(candidate, self.adapters[entry.backend], timeouts)
-                deployments.append(deployment)
-                by_model.setdefault(entry.model, {}).setdefault(candidate.id, deployment)
-            self.routes[alias] = ModelRoute(
-                alias,
-                tuple(deployments),
-                tuple(model.fallbacks),
-                model.policy or config.policy,
-                merge_retry(config.retry, model.retry),
-            )
-        self.by_model_id = {
-            model_id: ModelRoute(model_id, tuple(found.values()), (), config.policy, config.retry)
-            for model_id, found in by_model.items()
-            if model_id not in self.routes
-        }
-
-    def resolve(self, model: str) -> list[ModelRoute]:
-        """The alias (or model id) asked for, then its fallbacks, breadth first, each once."""
-        first = self.routes.get(model) or self.by_model_id.get(model)
-        if first is None:
-            raise unknown_model(model, list(self.routes))
-        tiers, seen, queue = [], {first.name}, [first]
-        while queue:
-            route = queue.pop(0)
-            tiers.append(route)
-            for name in route.fallbacks:
-                if name not in seen:
-                    seen.add(name)
-                    queue.append(self.routes[name])
-        return tiers
-
-
-def _matches(candidate: Candidate, names: tuple[str, ...]) -> bool:
-    return candidate.backend in names or candidate.provider in names or candidate.id in names
 
 
 class _WaitRetryAfter(tenacity.wait.wait_base):
@@ -145,6 +65,8 @@ class Call:
     body: dict[str, Any]
     stream: bool
     hints: RouteHints
+    facts: RequestFacts
+    profile: RequestProfile
     record: RouteRecord
     started: float
     deadline: float
@@ -157,6 +79,7 @@ class Call:
 class _Opened:
     upstream: ChunkStream
     buffered: list[ChatCompletionChunk]
+    first_token_at: float | None
 
 
 @dataclass(slots=True)
@@ -170,11 +93,22 @@ class _Served(Generic[T]):
 class RequestPath:
     """Runs calls through the five steps against one route table."""
 
-    def __init__(self, table: RouteTable, client: httpx2.AsyncClient, stats: MemoryStats, rng: random.Random) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        client: httpx2.AsyncClient,
+        stats: MemoryStats,
+        rng: random.Random,
+        *,
+        wall_clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.table = table
         self.client = client
         self.stats = stats
         self.rng = rng
+        self.wall_clock = wall_clock or (lambda: datetime.now(UTC))
+        """The UTC time that prices are looked up for (DeepSeek's off-peak hours); replaceable in tests."""
+        self._policies: dict[str, Policy] = {}
 
     # 1. resolve -------------------------------------------------------------------------
 
@@ -201,8 +135,19 @@ class RequestPath:
             policy=hints.policy or first.policy,
             stream=stream,
         )
+        facts = request_facts(body, stream=stream)
         call = Call(
-            body, stream, hints, record, now, now + min(limits), first.retry.max_attempts, extra_headers, extra_query
+            body,
+            stream,
+            hints,
+            facts,
+            facts.profile(),
+            record,
+            now,
+            now + min(limits),
+            first.retry.max_attempts,
+            extra_headers,
+            extra_query,
         )
         return call, tiers
 
@@ -211,17 +156,52 @@ class RequestPath:
     # 3. rank ----------------------------------------------------------------------------
 
     def rank(self, route: ModelRoute, call: Call) -> list[Deployment]:
-        """Drop excluded deployments, order the rest by the policy, honour `prefer`."""
+        """Screen the deployments, order the eligible by the policy, then apply headroom and `prefer`.
+
+        Writes the trace (every candidate's inputs, every exclusion's reason) into the route record.
+        """
         hints = call.hints
-        allowed = [d for d in route.deployments if not _matches(d.candidate, hints.exclude)]
-        by_id = {d.candidate.id: d for d in allowed}
-        policy = get_policy(hints.policy or route.policy)
-        ranked = policy.rank([d.candidate for d in allowed], self.stats, now=anyio.current_time(), rng=self.rng)
+        now = anyio.current_time()
+        view = self.stats.view(now)
+        when = self.wall_clock()
+        limits = _limits(route, hints)
+        eligible: dict[str, Deployment] = {}
+        for deployment in route.deployments:
+            candidate = deployment.candidate_at(when)
+            reason = exclusion_reason(candidate, deployment.serves, call.facts, limits, view)
+            if reason is None:
+                eligible.setdefault(candidate.id, deployment)
+            else:
+                call.record.excluded.append(Exclusion(candidate.id, reason))
+        policy_name = hints.policy or route.policy
+        ranked = self._policy(policy_name).rank(
+            [d.candidate for d in eligible.values()], view, request=call.profile, now=now, rng=self.rng
+        )
+        # No provoked 429s: a deployment whose headroom is exhausted goes last until its reset.
+        limited = {c.id for c in ranked if (s := view.get(c.id)) is not None and s.limited_until is not None}
+        if limited:
+            ranked.sort(key=lambda c: c.id in limited)
         if hints.prefer:
-            ranked.sort(
-                key=lambda c: next((i for i, n in enumerate(hints.prefer) if _matches(c, (n,))), len(hints.prefer))
-            )
-        return [by_id[c.id] for c in ranked]
+            prefer = hints.prefer
+            ranked.sort(key=lambda c: next((i for i, n in enumerate(prefer) if names_match(c, (n,))), len(prefer)))
+        for position, candidate in enumerate(ranked):
+            call.record.ranking.append(_trace(route.name, position, candidate, view, call.profile, now))
+        return [eligible[c.id] for c in ranked]
+
+    def _policy(self, name: str) -> Policy:
+        policy = self._policies.get(name)
+        if policy is None:
+            policy = self._policies[name] = get_policy(name)
+        return policy
+
+    def explain(self, model: str, body: dict[str, Any], *, stream: bool, hints: RouteHints) -> RouteRecord:
+        """Resolve, screen and rank every tier as a call would, without sending anything."""
+        call, tiers = self.start(
+            model, body, stream=stream, hints=hints, timeout_s=None, extra_headers=None, extra_query=None
+        )
+        for route in tiers:
+            self.rank(route, call)
+        return call.record
 
     # 4. attempt -------------------------------------------------------------------------
 
@@ -230,7 +210,9 @@ class RequestPath:
         served = await self._first_success(call, tiers, self._complete_once)
         completed: Completed = served.result
         now = anyio.current_time()
-        self.stats.end(served.deployment.candidate.id, ok=True, seconds=now - served.started)
+        candidate_id = served.deployment.candidate.id
+        self.stats.end(candidate_id, now, ok=True, seconds=now - served.started, cached_share=_cached_share(completed))
+        self.stats.observe_rate_limits(candidate_id, completed.rate_limits, now)
         record = call.record
         record.latency_s = now - call.started
         record.usage = completed.usage
@@ -243,9 +225,10 @@ class RequestPath:
         """Serve a streamed call; failures before the first token fall over, after it they raise."""
         served = await self._first_success(call, tiers, self._open_stream)
         opened = served.result
-        if opened.upstream.saw_token:
-            call.record.ttft_s = anyio.current_time() - call.started
+        if opened.first_token_at is not None:
+            call.record.ttft_s = opened.first_token_at - call.started
         call.record.rate_limits = opened.upstream.rate_limits
+        self.stats.observe_rate_limits(served.deployment.candidate.id, opened.upstream.rate_limits, served.started)
         return RouterStream(
             opened.upstream,
             opened.buffered,
@@ -253,6 +236,7 @@ class RequestPath:
             attempt=served.attempt,
             call_started=call.started,
             attempt_started=served.started,
+            first_token_at=opened.first_token_at,
             stats=self.stats,
             candidate_id=served.deployment.candidate.id,
             include_usage=caller_wants_usage,
@@ -282,7 +266,7 @@ class RequestPath:
         except BaseException:
             await upstream.aclose()
             raise
-        return _Opened(upstream, buffered)
+        return _Opened(upstream, buffered, anyio.current_time() if upstream.saw_token else None)
 
     async def _first_success(
         self,
@@ -310,7 +294,7 @@ class RequestPath:
                     return served
         if last is None:
             if not tried_any:
-                raise no_candidates(call.record.requested_model, list(call.hints.exclude), call.record)
+                raise no_candidates(call.record.requested_model, call.record.excluded, call.record)
             last = ProviderTimeout("the call's deadline passed before any attempt")
         raise self._give_up(call, last) from last
 
@@ -373,7 +357,6 @@ class RequestPath:
         """One try: prepare the body for this provider, send it, write the attempt down."""
         candidate = deployment.candidate
         started = anyio.current_time()
-        call.attempts_left -= 1
         timeouts = deployment.timeouts
         deadlines = Deadlines(
             connect_s=max(0.001, min(timeouts.connect_s, call.deadline - started)),
@@ -388,23 +371,81 @@ class RequestPath:
         except ProviderError as failure:
             _failed(attempt, failure, 0.0)
             raise
-        self.stats.begin(candidate.id)
+        cap = candidate.max_concurrency
+        if not self.stats.try_begin(candidate.id, started, cap=cap):
+            full = Overloaded(f"{candidate.id}: at its concurrency cap ({cap} in flight); not sent", retryable=False)
+            _failed(attempt, full, 0.0)
+            attempt.outcome = "at_capacity"
+            raise full
+        call.attempts_left -= 1
         try:
             result = await operation(deployment, body, deadlines, call)
         except ProviderError as failure:
-            seconds = anyio.current_time() - started
-            self.stats.end(candidate.id, ok=False, seconds=seconds)
-            _failed(attempt, failure, seconds)
+            now = anyio.current_time()
+            self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            self._observe_failure(candidate.id, failure, now)
+            _failed(attempt, failure, now - started)
             raise
         except BaseException:
-            seconds = anyio.current_time() - started
-            self.stats.end(candidate.id, ok=False, seconds=seconds)
-            attempt.outcome, attempt.seconds = "cancelled", seconds
+            now = anyio.current_time()
+            self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            attempt.outcome, attempt.seconds = "cancelled", now - started
             raise
         attempt.seconds = anyio.current_time() - started
         record = call.record
         record.backend, record.provider, record.model = candidate.backend, candidate.provider, candidate.model
         return _Served(deployment, attempt, started, result)
+
+    def _observe_failure(self, candidate_id: str, failure: ProviderError, now: float) -> None:
+        """What a failure says about the deployment's headroom."""
+        if failure.headers:
+            self.stats.observe_rate_limits(candidate_id, parse_rate_limits(failure.headers), now)
+        if failure.kind is FailureKind.RATE_LIMITED and failure.retry_after is not None:
+            self.stats.observe_retry_after(candidate_id, failure.retry_after, now)
+
+
+def _limits(route: ModelRoute, hints: RouteHints) -> Limits:
+    """The alias's constraints, overridden field by field by the call's hints."""
+    c = route.constraints
+    return Limits(
+        max_cost_usd=hints.max_cost_usd if hints.max_cost_usd is not None else c.max_cost_usd,
+        max_ttft_s=hints.max_ttft_s if hints.max_ttft_s is not None else c.max_ttft_s,
+        max_input_per_mtok=hints.max_input_per_mtok if hints.max_input_per_mtok is not None else c.max_input_per_mtok,
+        max_output_per_mtok=(
+            hints.max_output_per_mtok if hints.max_output_per_mtok is not None else c.max_output_per_mtok
+        ),
+        only=hints.only,
+        exclude=hints.exclude,
+        require=hints.require,
+    )
+
+
+def _trace(
+    alias: str, position: int, candidate: Any, view: StatsView, profile: RequestProfile, now: float
+) -> RankedCandidate:
+    """One line of the ranking trace: the inputs the policy saw for this candidate."""
+    stats = view.get(candidate.id)
+    limited = stats.limited_until if stats is not None else None
+    return RankedCandidate(
+        alias=alias,
+        rank=position + 1,
+        candidate=candidate.id,
+        input_per_mtok=candidate.price.input_per_mtok if candidate.price else None,
+        output_per_mtok=candidate.price.output_per_mtok if candidate.price else None,
+        expected_cost_usd=expected_cost_usd(candidate, profile, stats),
+        expected_ttft_s=expected_ttft_s(candidate, stats),
+        expected_duration_s=expected_duration_s(candidate, stats, profile),
+        load=load(candidate, stats),
+        in_flight=stats.in_flight if stats else 0,
+        limited_for_s=None if limited is None else limited - now,
+    )
+
+
+def _cached_share(completed: Completed) -> float | None:
+    usage = completed.usage
+    if usage is None or usage.prompt_tokens <= 0:
+        return None
+    return usage.cached_prompt_tokens / usage.prompt_tokens
 
 
 def _failed(attempt: Attempt, failure: ProviderError, seconds: float) -> None:

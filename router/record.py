@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from providers import RateLimitInfo, Usage
+from router.eligibility import Exclusion
 
 _ATTRIBUTE = "_inference_route"
 
@@ -34,6 +35,24 @@ class Attempt:
         return f"{self.backend}/{self.model} {self.outcome} {self.seconds:.2f}s"
 
 
+@dataclass(frozen=True, slots=True)
+class RankedCandidate:
+    """One line of the ranking trace: a candidate in rank order with the inputs the policy saw."""
+
+    alias: str
+    rank: int
+    candidate: str
+    input_per_mtok: float | None
+    output_per_mtok: float | None
+    expected_cost_usd: float | None
+    expected_ttft_s: float
+    expected_duration_s: float
+    load: float
+    in_flight: int
+    limited_for_s: float | None
+    """Seconds until exhausted rate-limit headroom refills (such candidates rank last)."""
+
+
 @dataclass(slots=True)
 class RouteRecord:
     """Which backend served, what was tried on the way, how long it took, what it used."""
@@ -55,6 +74,10 @@ class RouteRecord:
     rate_limits: RateLimitInfo | None = None
     complete: bool = False
     """False until a stream has ended (or failed)."""
+    ranking: list[RankedCandidate] = field(default_factory=list)
+    """Every tier's eligible candidates in the order they were ranked, with the policy's inputs."""
+    excluded: list[Exclusion] = field(default_factory=list)
+    """Deployments left out before ranking, each with its reason."""
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -68,6 +91,7 @@ class RouteRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for JSON output."""
         data = asdict(self)
+        data["excluded"] = [{"candidate": e.candidate, "reason": e.reason} for e in self.excluded]
         data["rate_limits"] = (
             None
             if self.rate_limits is None

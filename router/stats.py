@@ -1,56 +1,201 @@
-"""Live per-deployment stats, fed by every attempt and read by policies.
+"""Live per-deployment stats, fed by every attempt and read by policies through a view.
 
-An in-memory store for one process; the shared (Redis) store implements the same methods.
+Latency estimates are peak-EWMA (Tower's `PeakEwma`, after Finagle): a sample above the
+estimate replaces it at once, one below blends in with weight `1 − exp(−elapsed/τ)`, and
+reading decays the estimate toward zero with the same formula, so a deployment nobody has
+used for a while looks cheap again and gets tried. All times are on the caller's clock
+(`anyio.current_time()` in the router); nothing here reads a clock of its own.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from policies import DeploymentStats
+from providers import RateLimitInfo
+from providers.load import ServerLoad
 
-_EWMA_WEIGHT = 0.2
+DECAY_S = 10.0
+"""τ of the peak-EWMA estimates: how fast an idle deployment's estimate fades."""
+_SMOOTHING = 0.3
+"""Weight of a new sample in the plain EWMAs (decode speed, cache share)."""
+_ERROR_WINDOW_S = 30.0
+"""τ of the decaying error rate."""
 
 
 @dataclass(slots=True)
-class _Counters:
+class PeakEwma:
+    """One latency estimate: peak-sensitive, decaying toward zero while unused."""
+
+    estimate: float
+    stamp: float
+
+    def observe(self, sample: float, now: float) -> None:
+        """Fold in a sample: a higher one wins at once, a lower one blends in."""
+        if sample > self.estimate:
+            self.estimate = sample
+        else:
+            weight = math.exp(-max(0.0, now - self.stamp) / DECAY_S)
+            self.estimate = self.estimate * weight + sample * (1.0 - weight)
+        self.stamp = now
+
+    def read(self, now: float) -> float:
+        """The estimate as of `now`, decayed for the time since the last sample."""
+        return self.estimate * math.exp(-max(0.0, now - self.stamp) / DECAY_S)
+
+
+def _ewma(old: float | None, sample: float) -> float:
+    return sample if old is None else old + _SMOOTHING * (sample - old)
+
+
+@dataclass(slots=True)
+class _Deployment:
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
-    latency_s: float | None = None
-    ttft_s: float | None = None
+    error_rate: float = 0.0
+    error_stamp: float = 0.0
+    ttft: PeakEwma | None = None
+    latency: PeakEwma | None = None
+    tokens_per_s: float | None = None
+    cached_share: float | None = None
+    last_used_at: float | None = None
+    limited_until: float | None = None
 
 
-def _blend(old: float | None, sample: float) -> float:
-    return sample if old is None else old + _EWMA_WEIGHT * (sample - old)
+@dataclass(slots=True)
+class _Server:
+    load: ServerLoad | None = None
+    probe_ok: bool | None = None
 
 
 class MemoryStats:
-    """Process-local stats; cheap enough to update on every attempt."""
+    """Process-local stats: cheap enough to update on every attempt."""
 
     def __init__(self) -> None:
-        self._by_id: dict[str, _Counters] = {}
+        self._deployments: dict[str, _Deployment] = {}
+        self._servers: dict[str, _Server] = {}
 
-    def begin(self, candidate_id: str) -> None:
-        """An attempt started: one more in flight."""
-        counters = self._by_id.setdefault(candidate_id, _Counters())
-        counters.in_flight += 1
+    def _get(self, candidate_id: str) -> _Deployment:
+        found = self._deployments.get(candidate_id)
+        if found is None:
+            found = self._deployments[candidate_id] = _Deployment()
+        return found
 
-    def end(self, candidate_id: str, *, ok: bool, seconds: float, ttft_s: float | None = None) -> None:
-        """An attempt ended; fold its outcome and timings into the estimates."""
-        counters = self._by_id.setdefault(candidate_id, _Counters())
-        counters.in_flight = max(0, counters.in_flight - 1)
-        counters.requests += 1
-        if ok:
-            counters.latency_s = _blend(counters.latency_s, seconds)
+    def try_begin(self, candidate_id: str, now: float, *, cap: int | None = None) -> bool:
+        """Count an attempt in flight, unless that would exceed `cap`; False means "full, skip it"."""
+        deployment = self._get(candidate_id)
+        if cap is not None and deployment.in_flight >= cap:
+            return False
+        deployment.in_flight += 1
+        deployment.last_used_at = now
+        return True
+
+    def end(
+        self,
+        candidate_id: str,
+        now: float,
+        *,
+        ok: bool,
+        seconds: float,
+        stream: bool = False,
+        ttft_s: float | None = None,
+        tokens_per_s: float | None = None,
+        cached_share: float | None = None,
+    ) -> None:
+        """An attempt ended: fold its outcome and timings into the estimates."""
+        d = self._get(candidate_id)
+        d.in_flight = max(0, d.in_flight - 1)
+        d.requests += 1
+        weight = math.exp(-max(0.0, now - d.error_stamp) / _ERROR_WINDOW_S) if d.requests > 1 else 0.0
+        d.error_rate = d.error_rate * weight + (0.0 if ok else 1.0) * (1.0 - weight)
+        d.error_stamp = now
+        if not ok:
+            d.failures += 1
+            # a failure is a slow sample: it should not make a deployment look fast
+            self._observe(d, "ttft" if stream else "latency", seconds, now, only_up=True)
+            return
+        if stream:
             if ttft_s is not None:
-                counters.ttft_s = _blend(counters.ttft_s, ttft_s)
+                self._observe(d, "ttft", ttft_s, now)
+            if tokens_per_s is not None and tokens_per_s > 0:
+                d.tokens_per_s = _ewma(d.tokens_per_s, tokens_per_s)
         else:
-            counters.failures += 1
+            self._observe(d, "latency", seconds, now)
+        if cached_share is not None:
+            d.cached_share = _ewma(d.cached_share, cached_share)
+
+    @staticmethod
+    def _observe(d: _Deployment, which: str, sample: float, now: float, *, only_up: bool = False) -> None:
+        current: PeakEwma | None = getattr(d, which)
+        if current is None:
+            if not only_up:
+                setattr(d, which, PeakEwma(sample, now))
+        elif not only_up or sample > current.read(now):
+            current.observe(sample, now)
+
+    def observe_rate_limits(self, candidate_id: str, info: RateLimitInfo | None, now: float) -> None:
+        """Remember when exhausted rate-limit headroom refills, so ranking avoids a certain 429."""
+        if not info:
+            return
+        until = None
+        for window in info.windows.values():
+            if window.remaining is not None and window.remaining <= 0 and window.reset_s is not None:
+                until = max(until or 0.0, now + window.reset_s)
+        self._get(candidate_id).limited_until = until
+
+    def observe_retry_after(self, candidate_id: str, seconds: float, now: float) -> None:
+        """A 429 said when to come back."""
+        d = self._get(candidate_id)
+        d.limited_until = max(d.limited_until or 0.0, now + seconds)
+
+    def observe_server_load(self, backend: str, load: ServerLoad | None) -> None:
+        """A load probe answered (or, with None, did not)."""
+        server = self._servers.setdefault(backend, _Server())
+        server.probe_ok = load is not None
+        if load is not None:
+            server.load = load
+
+    def view(self, now: float) -> StatsSnapshot:
+        """A read-only view as of `now`, for one ranking."""
+        return StatsSnapshot(self, now)
+
+    def snapshot(self, candidate_id: str, now: float) -> DeploymentStats | None:
+        """What policies see of one deployment at `now`."""
+        d = self._deployments.get(candidate_id)
+        server = self._servers.get(candidate_id.split("/", 1)[0])
+        if d is None and server is None:
+            return None
+        d = d or _Deployment()
+        load = server.load if server else None
+        return DeploymentStats(
+            in_flight=d.in_flight,
+            requests=d.requests,
+            failures=d.failures,
+            error_rate=d.error_rate * math.exp(-max(0.0, now - d.error_stamp) / _ERROR_WINDOW_S),
+            ttft_s=d.ttft.read(now) if d.ttft else None,
+            latency_s=d.latency.read(now) if d.latency else None,
+            tokens_per_s=d.tokens_per_s,
+            last_used_at=d.last_used_at,
+            server_running=load.running if load else None,
+            server_waiting=load.waiting if load else None,
+            server_slots=load.slots if load else None,
+            kv_cache_usage=load.kv_cache_usage if load else None,
+            probe_ok=server.probe_ok if server else None,
+            limited_until=d.limited_until if d.limited_until is not None and d.limited_until > now else None,
+            cached_share=d.cached_share or 0.0,
+        )
+
+
+class StatsSnapshot:
+    """`StatsView` over a `MemoryStats` at a fixed instant."""
+
+    __slots__ = ("_now", "_stats")
+
+    def __init__(self, stats: MemoryStats, now: float) -> None:
+        self._stats = stats
+        self._now = now
 
     def get(self, candidate_id: str) -> DeploymentStats | None:
-        """A read-only snapshot for policies."""
-        c = self._by_id.get(candidate_id)
-        if c is None:
-            return None
-        return DeploymentStats(c.in_flight, c.requests, c.failures, c.latency_s, c.ttft_s)
+        return self._stats.snapshot(candidate_id, self._now)

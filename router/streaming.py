@@ -31,6 +31,7 @@ class RouterStream:
         attempt: Attempt,
         call_started: float,
         attempt_started: float,
+        first_token_at: float | None,
         stats: MemoryStats,
         candidate_id: str,
         include_usage: bool,
@@ -41,6 +42,7 @@ class RouterStream:
         self._attempt = attempt
         self._call_started = call_started
         self._attempt_started = attempt_started
+        self._first_token_at = first_token_at
         self._stats = stats
         self._candidate_id = candidate_id
         self._include_usage = include_usage
@@ -100,9 +102,26 @@ class RouterStream:
             self._attempt.outcome = outcome
         record = self._record
         record.latency_s = now - self._call_started
-        record.usage = self._upstream.usage
+        usage = record.usage = self._upstream.usage
         record.complete = True
-        self._stats.end(self._candidate_id, ok=failure is None, seconds=seconds, ttft_s=record.ttft_s)
+        ttft = tokens_per_s = cached_share = None
+        if self._first_token_at is not None:
+            ttft = self._first_token_at - self._attempt_started
+            decode_s = now - self._first_token_at
+            if usage is not None and decode_s > 0 and usage.completion_tokens > 1 and failure is None:
+                tokens_per_s = (usage.completion_tokens - 1) / decode_s
+        if usage is not None and usage.prompt_tokens > 0:
+            cached_share = usage.cached_prompt_tokens / usage.prompt_tokens
+        self._stats.end(
+            self._candidate_id,
+            now,
+            ok=failure is None,
+            seconds=seconds,
+            stream=True,
+            ttft_s=ttft,
+            tokens_per_s=tokens_per_s,
+            cached_share=cached_share,
+        )
 
     async def close(self) -> None:
         """Stop reading and release the connection now."""

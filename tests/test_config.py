@@ -64,7 +64,7 @@ def test_toml_errors_name_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert [str(i) for i in caught.value.issues] == [
-        f"{path}:10: models.primary.policy: unknown policy 'fastestest'; known: ordered"
+        f"{path}:10: models.primary.policy: unknown policy 'fastestest'; known: cheapest, fastest, least-loaded, ordered, weighted"
     ]
 
 
