@@ -51,10 +51,25 @@ def ranking_duration_s(candidate: Candidate, stats: DeploymentStats | None, requ
     return ttft + request.output_tokens / tps
 
 
+def _unmeasured(stats: DeploymentStats | None) -> bool:
+    """No estimate yet, nothing in flight to produce one, and not known to be down."""
+    if stats is None:
+        return True
+    return (
+        stats.ttft_s is None
+        and stats.latency_s is None
+        and stats.tokens_per_s is None
+        and stats.in_flight == 0
+        and stats.probe_ok is not False
+    )
+
+
 class Fastest:
     """Rank by expected response time (`ranking_duration_s`), ascending; ties by config order.
 
-    Before a deployment has samples its priors stand in. Probing: when some deployment is stale
+    Before a deployment has samples its configured priors stand in; one with neither samples nor
+    a configured prior (nor a request in flight) goes first, once, so it gets measured rather than
+    judged by a default. Probing: when some deployment is stale
     (never used, or not since `probe_after_s`) and has nothing in flight, then with probability
     `probe_rate` (one draw from `rng` per call) the stalest such one — never used first, then the
     longest unused, then config order — is moved to the front. At most one is moved per call, and
@@ -85,9 +100,12 @@ class Fastest:
         stale_before = now - self.probe_after_s
         keyed: list[tuple[float, int, int, Candidate]] = []
         probe: tuple[float, int, int] | None = None  # (last used or -inf, order, index) of the stalest
+        unexplored: int | None = None  # index of the first deployment never tried that has no prior
         for i, c in enumerate(candidates):
             s = get(c.id)
             keyed.append((ranking_duration_s(c, s, request), c.order, i, c))
+            if unexplored is None and c.prior_ttft_s is None and _unmeasured(s):
+                unexplored = i
             if s is None:
                 key = (_NEVER, c.order, i)
             elif s.in_flight > 0 or s.probe_ok is False:
@@ -101,7 +119,10 @@ class Fastest:
             if probe is None or key < probe:
                 probe = key
         keyed.sort()
-        if probe is not None and self.probe_rate > 0.0 and rng.random() < self.probe_rate:
+        if unexplored is not None:  # nothing known and nothing configured: measure it once, first
+            at = next(j for j, t in enumerate(keyed) if t[2] == unexplored)
+            keyed.insert(0, keyed.pop(at))
+        elif probe is not None and self.probe_rate > 0.0 and rng.random() < self.probe_rate:
             at = next(j for j, t in enumerate(keyed) if t[2] == probe[2])
             keyed.insert(0, keyed.pop(at))
         return [t[3] for t in keyed]

@@ -86,6 +86,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(json.dumps(record.to_dict(), indent=2, default=str))
         return 0
     console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 140)
     table = Table(title=f"{args.model}: policy {record.policy}")
     for column in (
         "#",

@@ -78,18 +78,14 @@ def test_stream_ends_with_usage_chunk(client: openai.OpenAI) -> None:
 
 def test_logit_bias_forces_stop(client: openai.OpenAI) -> None:
     """A +100 bias on </s> (id 2) ends the reply at once with finish_reason "stop"."""
-    r = client.chat.completions.create(
-        model="tiny-llama", messages=HI, max_tokens=8, logit_bias={"2": 100}
-    )
+    r = client.chat.completions.create(model="tiny-llama", messages=HI, max_tokens=8, logit_bias={"2": 100})
     assert r.choices[0].finish_reason == "stop"
 
 
 def test_temperature_zero_is_repeatable(client: openai.OpenAI) -> None:
     """Greedy decoding returns the same text twice."""
     texts = [
-        client.chat.completions.create(
-            model="tiny-llama", messages=HI, max_tokens=16, temperature=0
-        )
+        client.chat.completions.create(model="tiny-llama", messages=HI, max_tokens=16, temperature=0)
         .choices[0]
         .message.content
         for _ in range(2)
@@ -105,9 +101,7 @@ def test_metrics_endpoint(server: LlamaCppServer) -> None:
 
 def test_prompt_longer_than_context_is_400(client: openai.OpenAI, server: LlamaCppServer) -> None:
     """A prompt beyond the per-slot context is rejected with 400."""
-    too_long: list[ChatCompletionMessageParam] = [
-        {"role": "user", "content": "x" * (server.ctx_per_slot + 100)}
-    ]
+    too_long: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * (server.ctx_per_slot + 100)}]
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tiny-llama", messages=too_long, max_tokens=4)
     assert info.value.status_code == 400

@@ -196,10 +196,16 @@ NO_PROBE = Fastest(probe_rate=0.0)
 def test_fastest_priors_until_samples() -> None:
     a = cand("a", 0, prior_ttft_s=0.2, prior_tokens_per_s=1_000.0)
     b = cand("b", 1, prior_ttft_s=0.5, prior_tokens_per_s=100.0)
-    d = cand("d", 2)  # defaults: 1 s + 100 / 50 tok/s
-    assert rank("", [d, b, a], policy=NO_PROBE) == ["a", "b", "d"]
+    d = cand("d", 2)  # no prior, no samples: measured once, first
+    assert rank("", [d, b, a], policy=NO_PROBE) == ["d", "a", "b"]
     measured = Stats({"a/m": DeploymentStats(ttft_s=2.0, tokens_per_s=100.0)})
-    assert rank("", [d, b, a], measured, policy=NO_PROBE) == ["b", "a", "d"]
+    assert rank("", [d, b, a], measured, policy=NO_PROBE) == ["d", "b", "a"]
+    # once d has a sample (here: slow) it ranks by it like the rest
+    d_measured = Stats({"a/m": DeploymentStats(ttft_s=2.0, tokens_per_s=100.0), "d/m": DeploymentStats(ttft_s=9.0)})
+    assert rank("", [d, b, a], d_measured, policy=NO_PROBE) == ["b", "a", "d"]
+    # while its first request is in flight, it is not explored again (no herd)
+    busy = Stats({"d/m": DeploymentStats(in_flight=1)})
+    assert rank("", [d, b, a], busy, policy=NO_PROBE) == ["a", "b", "d"]
 
 
 def test_fastest_duration_depends_on_the_request() -> None:

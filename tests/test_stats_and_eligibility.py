@@ -45,8 +45,12 @@ def test_stats_track_in_flight_caps_and_timings() -> None:
 
 def test_exhausted_headroom_is_remembered_until_reset() -> None:
     stats = MemoryStats()
-    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2m0s",
-               "x-ratelimit-remaining-tokens": "5000", "x-ratelimit-reset-tokens": "1s"}
+    headers = {
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "2m0s",
+        "x-ratelimit-remaining-tokens": "5000",
+        "x-ratelimit-reset-tokens": "1s",
+    }
     stats.observe_rate_limits("g/m", parse_rate_limits(headers), 100.0)
     assert stats.view(150.0).get("g/m").limited_until == pytest.approx(220.0)  # type: ignore[union-attr]
     assert stats.view(221.0).get("g/m").limited_until is None  # type: ignore[union-attr]
@@ -109,10 +113,14 @@ def test_unknown_price_cannot_meet_a_cap() -> None:
 
 
 def test_deepseek_price_follows_its_peak_hours() -> None:
-    table = RouteTable(load_config({
-        "backends": {"ds": {"provider": "deepseek", "api_key": "k"}},
-        "models": {"flash": {"deployments": [{"backend": "ds", "model": "deepseek-flash"}]}},
-    }))
+    table = RouteTable(
+        load_config(
+            {
+                "backends": {"ds": {"provider": "deepseek", "api_key": "k"}},
+                "models": {"flash": {"deployments": [{"backend": "ds", "model": "deepseek-flash"}]}},
+            }
+        )
+    )
     deployment = table.routes["flash"].deployments[0]
     peak = deployment.candidate_at(datetime(2026, 11, 30, 7, 30, tzinfo=UTC)).price  # Monday 15:30 Beijing
     assert peak == Price(0.30, 1.20, 0.006)
@@ -122,14 +130,33 @@ def test_deepseek_price_follows_its_peak_hours() -> None:
 
 
 def test_config_price_overrides_the_list_and_self_hosted_per_hour() -> None:
-    table = RouteTable(load_config({
-        "backends": {"g": {"provider": "groq", "api_key": "k"}, "box": {"provider": "vllm"}},
-        "models": {"m": {"deployments": [
-            {"backend": "g", "model": "openai/gpt-oss-120b", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}},
-            {"backend": "box", "model": "oss", "price": {"per_hour": 2.0}, "context_window": 8192,
-             "max_concurrency": 8, "capabilities": {"tools": False}, "priors": {"ttft_s": 0.2}},
-        ]}},
-    }))
+    table = RouteTable(
+        load_config(
+            {
+                "backends": {"g": {"provider": "groq", "api_key": "k"}, "box": {"provider": "vllm"}},
+                "models": {
+                    "m": {
+                        "deployments": [
+                            {
+                                "backend": "g",
+                                "model": "openai/gpt-oss-120b",
+                                "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2},
+                            },
+                            {
+                                "backend": "box",
+                                "model": "oss",
+                                "price": {"per_hour": 2.0},
+                                "context_window": 8192,
+                                "max_concurrency": 8,
+                                "capabilities": {"tools": False},
+                                "priors": {"ttft_s": 0.2},
+                            },
+                        ]
+                    }
+                },
+            }
+        )
+    )
     listed, box = table.routes["m"].deployments
     now = datetime(2026, 11, 30, tzinfo=UTC)
     assert listed.candidate_at(now).price == Price(0.1, 0.2)
@@ -137,10 +164,20 @@ def test_config_price_overrides_the_list_and_self_hosted_per_hour() -> None:
     assert (box.serves.context_window, box.serves.tools, box.candidate.max_concurrency) == (8192, False, 8)
     assert box.candidate.prior_ttft_s == 0.2
     # a hosted model's context window comes from the provider's catalogue
-    assert RouteTable(load_config({
-        "backends": {"g": {"provider": "groq", "api_key": "k"}},
-        "models": {"m": {"deployments": [{"backend": "g", "model": "openai/gpt-oss-120b"}]}},
-    })).routes["m"].deployments[0].serves.context_window == 131_072
+    assert (
+        RouteTable(
+            load_config(
+                {
+                    "backends": {"g": {"provider": "groq", "api_key": "k"}},
+                    "models": {"m": {"deployments": [{"backend": "g", "model": "openai/gpt-oss-120b"}]}},
+                }
+            )
+        )
+        .routes["m"]
+        .deployments[0]
+        .serves.context_window
+        == 131_072
+    )
 
 
 def test_unknown_hint_key_is_named() -> None:
