@@ -58,7 +58,7 @@ def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(capsys.readouterr().out) == {
         "ok": True,
         "backends": ["groq", "cerebras", "deepseek", "gpu-box", "laptop", "gateway"],
-        "models": ["gpt-oss-120b", "deepseek-flash", "local", "gpt"],
+        "models": ["gpt-oss-120b", "gpt-oss-120b-cheap", "deepseek-flash", "local", "gpt"],
     }
 
 
