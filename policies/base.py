@@ -91,6 +91,10 @@ class DeploymentStats:
     """Rate-limit headroom is exhausted until this instant (router's clock)."""
     cached_share: float = 0.0
     """Share of prompt tokens this deployment recently served from its prompt cache (0–1)."""
+    remaining_requests: float | None = None
+    """Requests left in the tightest rate-limit window the provider last reported, until its reset."""
+    remaining_tokens: float | None = None
+    """Tokens left in the tightest rate-limit window the provider last reported, until its reset."""
 
 
 class StatsView(Protocol):

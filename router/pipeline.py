@@ -19,7 +19,7 @@ import httpx2
 import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from policies import Policy, RequestProfile, StatsView, get_policy
+from policies import DeploymentStats, Policy, RequestProfile, StatsView, get_policy
 from policies.estimates import expected_cost_usd, expected_duration_s, expected_ttft_s, load
 from providers import (
     ChunkStream,
@@ -37,7 +37,7 @@ from router.errors import no_candidates, to_caller_error
 from router.hints import RouteHints
 from router.record import Attempt, RankedCandidate, RouteRecord, attach_route
 from router.routes import Deployment, ModelRoute, RouteTable
-from router.stats import MemoryStats
+from router.stats import StatsStore
 from router.streaming import RouterStream
 
 T = TypeVar("T")
@@ -97,7 +97,7 @@ class RequestPath:
         self,
         table: RouteTable,
         client: httpx2.AsyncClient,
-        stats: MemoryStats,
+        stats: StatsStore,
         rng: random.Random,
         *,
         wall_clock: Callable[[], datetime] | None = None,
@@ -177,8 +177,9 @@ class RequestPath:
         ranked = self._policy(policy_name).rank(
             [d.candidate for d in eligible.values()], view, request=call.profile, now=now, rng=self.rng
         )
-        # No provoked 429s: a deployment whose headroom is exhausted goes last until its reset.
-        limited = {c.id for c in ranked if (s := view.get(c.id)) is not None and s.limited_until is not None}
+        # No provoked 429s: a deployment whose headroom can't take this request goes last until its reset.
+        needed = call.facts.prompt_tokens + (call.facts.max_output_tokens or 0)
+        limited = {c.id for c in ranked if _short_of_headroom(view.get(c.id), needed)}
         if limited:
             ranked.sort(key=lambda c: c.id in limited)
         if hints.prefer:
@@ -402,6 +403,15 @@ class RequestPath:
             self.stats.observe_rate_limits(candidate_id, parse_rate_limits(failure.headers), now)
         if failure.kind is FailureKind.RATE_LIMITED and failure.retry_after is not None:
             self.stats.observe_retry_after(candidate_id, failure.retry_after, now)
+
+
+def _short_of_headroom(stats: DeploymentStats | None, tokens_needed: int) -> bool:
+    """The provider's last rate-limit headers say this request would be refused before their reset."""
+    if stats is None:
+        return False
+    if stats.limited_until is not None or (stats.remaining_requests is not None and stats.remaining_requests < 1):
+        return True
+    return stats.remaining_tokens is not None and stats.remaining_tokens < tokens_needed
 
 
 def _limits(route: ModelRoute, hints: RouteHints) -> Limits:

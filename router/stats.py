@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from policies import DeploymentStats
-from providers import RateLimitInfo
+from typing import Protocol
+
+from policies import DeploymentStats, StatsView
+from providers import RateLimitInfo, RateLimitWindow
 from providers.load import ServerLoad
 
 DECAY_S = 10.0
@@ -62,6 +64,9 @@ class _Deployment:
     cached_share: float | None = None
     last_used_at: float | None = None
     limited_until: float | None = None
+    remaining_requests: tuple[float, float] | None = None
+    """(remaining, valid until) from the last rate-limit headers."""
+    remaining_tokens: tuple[float, float] | None = None
 
 
 @dataclass(slots=True)
@@ -139,11 +144,14 @@ class MemoryStats:
         """Remember when exhausted rate-limit headroom refills, so ranking avoids a certain 429."""
         if not info:
             return
+        d = self._get(candidate_id)
         until = None
         for window in info.windows.values():
             if window.remaining is not None and window.remaining <= 0 and window.reset_s is not None:
                 until = max(until or 0.0, now + window.reset_s)
-        self._get(candidate_id).limited_until = until
+        d.limited_until = until
+        d.remaining_requests = _headroom(info.tightest("requests"), now)
+        d.remaining_tokens = _headroom(info.tightest("tokens"), now)
 
     def observe_retry_after(self, candidate_id: str, seconds: float, now: float) -> None:
         """A 429 said when to come back."""
@@ -185,7 +193,46 @@ class MemoryStats:
             probe_ok=server.probe_ok if server else None,
             limited_until=d.limited_until if d.limited_until is not None and d.limited_until > now else None,
             cached_share=d.cached_share or 0.0,
+            remaining_requests=_current(d.remaining_requests, now),
+            remaining_tokens=_current(d.remaining_tokens, now),
         )
+
+
+def _headroom(window: RateLimitWindow | None, now: float) -> tuple[float, float] | None:
+    if window is None or window.remaining is None:
+        return None
+    return window.remaining, now + (window.reset_s if window.reset_s is not None else 60.0)
+
+
+def _current(headroom: tuple[float, float] | None, now: float) -> float | None:
+    return headroom[0] if headroom is not None and headroom[1] > now else None
+
+
+class StatsStore(Protocol):
+    """What the request path needs of a stats home: in memory here, shared (Redis) later."""
+
+    def try_begin(self, candidate_id: str, now: float, *, cap: int | None = None) -> bool: ...
+
+    def end(
+        self,
+        candidate_id: str,
+        now: float,
+        *,
+        ok: bool,
+        seconds: float,
+        stream: bool = False,
+        ttft_s: float | None = None,
+        tokens_per_s: float | None = None,
+        cached_share: float | None = None,
+    ) -> None: ...
+
+    def observe_rate_limits(self, candidate_id: str, info: RateLimitInfo | None, now: float) -> None: ...
+
+    def observe_retry_after(self, candidate_id: str, seconds: float, now: float) -> None: ...
+
+    def observe_server_load(self, backend: str, load: ServerLoad | None) -> None: ...
+
+    def view(self, now: float) -> StatsView: ...
 
 
 class StatsSnapshot:

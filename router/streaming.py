@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletionChunk
 from providers import ChunkStream, ProviderError
 from router.errors import stream_interrupted
 from router.record import Attempt, RouteRecord, attach_route
-from router.stats import MemoryStats
+from router.stats import StatsStore
 
 
 class RouterStream:
@@ -32,7 +32,7 @@ class RouterStream:
         call_started: float,
         attempt_started: float,
         first_token_at: float | None,
-        stats: MemoryStats,
+        stats: StatsStore,
         candidate_id: str,
         include_usage: bool,
     ) -> None:

@@ -279,3 +279,21 @@ async def test_llamacpp_load_reaches_the_stats(llama_pair: Any) -> None:
         assert seen is not None and seen.server_slots == 4 and seen.server_running == 0 and seen.probe_ok
         record = await router.explain(model="tiny", messages=HI)
     assert record.ranking[0].load == 0.0
+
+
+async def test_a_request_larger_than_the_token_headroom_goes_elsewhere(httpx2_mock: respx.Router) -> None:
+    """Cerebras reports 300 tokens left this minute: a small request still fits, a large one would 429."""
+    headroom = {
+        "x-ratelimit-remaining-tokens-minute": "300",
+        "x-ratelimit-reset-tokens-minute": "40.5",
+        "x-ratelimit-remaining-requests-day": "1000",
+        "x-ratelimit-reset-requests-day": "3600",
+    }
+    httpx2_mock.post(URLS["cerebras"]).mock(return_value=httpx.Response(200, headers=headroom, json=completion("c")))
+    async with AsyncRouter.from_config(HOSTED) as router:
+        router._path.wall_clock = lambda: PEAK
+        await router.chat.completions.create(model="oss", messages=HI, route={"policy": "ordered"})
+        small = await router.explain(model="oss", messages=HI, max_tokens=100, route={"policy": "ordered"})
+        large = await router.explain(model="oss", messages=HI, max_tokens=1000, route={"policy": "ordered"})
+    assert ranked(small)[0] == "cerebras"
+    assert ranked(large) == ["deepseek", "groq", "cerebras"]
