@@ -11,8 +11,11 @@ it builds on take about half a second to import, paid only when a client is made
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+logging.getLogger("router").addHandler(logging.NullHandler())  # a library logs; the application decides where
 
 _EXPORTS = {
     "AsyncRouter": "router.client",

@@ -1,4 +1,4 @@
-"""The `inference-router` command: `demo` and `check` (more commands arrive with the CLI issue)."""
+"""The `inference-router` command: `demo`, `check`, `explain`, `health`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,88 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--policy", default=None, help="override the policy (a per-call hint)")
     explain.add_argument("--tag", action="append", default=[], help="a routing tag (repeatable)")
     explain.add_argument("--json", action="store_true", help="print the route record as JSON")
+    health = commands.add_parser(
+        "health",
+        help="deployments with circuit state, stats and server load (self-hosted servers are probed once)",
+    )
+    health.add_argument("config", help="a YAML or TOML config file")
+    health.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+def _health(args: argparse.Namespace) -> int:
+    """`health`: probe self-hosted load once and print every deployment's state."""
+    import json
+
+    import anyio
+    from rich.console import Console
+    from rich.table import Table
+
+    from router.client import AsyncRouter
+    from router.config import ConfigError
+    from router.health import DeploymentHealth
+
+    try:
+        router = AsyncRouter.from_config(args.config)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+
+    async def report() -> list[DeploymentHealth]:
+        async with router:
+            await router.probe_load()
+            return await router.health()
+
+    rows = anyio.run(report)
+    if args.json:
+        print(json.dumps([row.to_dict() for row in rows], indent=2))
+        return 0
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 140)
+    table = Table(title=f"{args.config}: deployments")
+
+    def number(value: float | None, unit: str = "") -> str:
+        return "–" if value is None else f"{value:.2f}{unit}"
+
+    for column in (
+        "deployment",
+        "provider",
+        "circuit",
+        "cooldown",
+        "errors",
+        "in flight",
+        "TTFT",
+        "latency",
+        "tok/s",
+        "server load",
+        "headroom",
+    ):
+        table.add_column(column, justify="left" if column in ("deployment", "provider", "circuit") else "right")
+    for row in rows:
+        state = {"closed": "[green]closed[/]", "open": "[red]open[/]"}.get(row.state, "[yellow]half-open[/]")
+        if row.probe_ok is None:
+            load = "–"
+        elif not row.probe_ok:
+            load = "[red]not answering[/]"
+        else:
+            load = f"{row.server_running}/{row.server_slots or '?'} running, {row.server_waiting} queued"
+        table.add_row(
+            row.deployment,
+            row.provider,
+            state,
+            f"{row.cooldown_remaining_s:.1f}s" if row.cooldown_remaining_s else "–",
+            f"{row.failures}/{row.requests}",
+            str(row.in_flight),
+            number(row.ttft_s, "s"),
+            number(row.latency_s, "s"),
+            number(row.tokens_per_s),
+            load,
+            "ok" if row.limited_for_s is None else f"limited {row.limited_for_s:.0f}s",
+        )
+    console.print(table)
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -130,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(max(1, args.requests), as_json=args.json)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "health":
+        return _health(args)
     if args.command == "check":
         import json
 

@@ -25,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from pydantic import BaseModel
 
 from router.config import RouterConfig, load_config
+from router.health import DeploymentHealth, health_report
 from router.hints import RouteHints
 from router.load import LoadPoller
 from router.pipeline import RequestPath
@@ -233,6 +234,21 @@ class AsyncRouter:
         body: dict[str, Any] = {"messages": _jsonable(list(messages)), **_jsonable(params)}
         return self._path.explain(model, body, stream=stream, hints=hints)
 
+    async def health(self) -> list[DeploymentHealth]:
+        """Each deployment's circuit state, cooldown remaining, recent errors, stats and server load."""
+        path = self._path
+        return health_report(path.table, self.stats, path.circuits, anyio.current_time())
+
+    async def probe_load(self) -> None:
+        """Read every self-hosted backend's load once now (what the background poller does)."""
+        poller = LoadPoller(
+            self._path.table.probe_targets(),
+            self._client,
+            self.stats.observe_server_load,
+            timeout_s=self.config.load_probes.timeout_s,
+        )
+        await poller.poll_once()
+
     def __repr__(self) -> str:
         return f"<AsyncRouter backends={list(self.config.backends)} models={self.models}>"
 
@@ -421,6 +437,10 @@ class Router:
     def stats(self) -> MemoryStats:
         """Live per-deployment stats."""
         return self._async.stats
+
+    def health(self) -> list[DeploymentHealth]:
+        """Each deployment's circuit state, cooldown remaining, recent errors, stats and server load."""
+        return self._loop.call(self._async.health)
 
     def explain(self, *, model: str, messages: Iterable[ChatCompletionMessageParam], **params: Any) -> RouteRecord:
         """How a call would be routed, without sending it (see `AsyncRouter.explain`)."""

@@ -125,6 +125,17 @@ class Constraints(_Strict):
     max_output_per_mtok: float | None = Field(None, ge=0)
 
 
+class CircuitConfig(_Strict):
+    """When a deployment's circuit opens and how long it stays open (`router/circuit.py`)."""
+
+    failures: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, gt=0, le=1)
+    window_s: float = Field(30.0, gt=0)
+    min_requests: int = Field(10, ge=1)
+    cooldown_s: float = Field(5.0, gt=0)
+    max_cooldown_s: float = Field(120.0, gt=0)
+
+
 class LoadProbes(_Strict):
     """Background polling of vLLM and llama.cpp load endpoints while the router is open."""
 
@@ -153,6 +164,7 @@ class RouterConfig(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     load_probes: LoadProbes = Field(default_factory=LoadProbes)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
 
 
 def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:

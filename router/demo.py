@@ -38,10 +38,16 @@ class _Row:
 
 
 def _attempts(record: RouteRecord) -> str:
-    return " → ".join(
+    skipped = [
+        f"{e.candidate.split('/')[0]} [yellow]⊘[/] circuit open"
+        for e in record.excluded
+        if e.reason.startswith("circuit")
+    ]
+    tried = [
         f"{a.backend} [green]✓[/]" if a.outcome == "ok" else f"{a.backend} [red]✗[/] {a.outcome}"
         for a in record.attempts
-    )
+    ]
+    return " → ".join(skipped + tried)
 
 
 async def _run(requests: int, console: Console, as_json: bool) -> list[_Row]:
@@ -153,9 +159,11 @@ def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
     for row in rows:
         served[str(row.record.backend)] = served.get(str(row.record.backend), 0) + 1
     failed_over = sum(1 for row in rows if len(row.record.attempts) > 1)
+    skipped = sum(1 for row in rows if any(e.reason.startswith("circuit") for e in row.record.excluded))
     console.print(
         f"{len(rows)} requests, all answered: "
         + ", ".join(f"{backend} {count}" for backend, count in served.items())
-        + f"; {failed_over} fell over after a failed attempt."
+        + f"; {failed_over} fell over after a failed attempt; {skipped} skipped a dead backend without trying it"
+        " (its circuit was open)."
     )
     return 0

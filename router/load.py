@@ -58,6 +58,17 @@ class LoadPoller:
             if not self._targets:
                 await anyio.sleep_forever()
 
+    async def poll_once(self) -> None:
+        """Probe every target once, concurrently, and deliver the results (for `health` on demand)."""
+
+        async def one(name: str, target: LoadReporter) -> None:
+            load, _ = await self._probe(name, target)
+            self._deliver(name, load)
+
+        async with anyio.create_task_group() as tg:
+            for name, target in self._targets.items():
+                tg.start_soon(one, name, target)
+
     async def _poll_forever(self, name: str, target: LoadReporter) -> None:
         """Probe one target forever: start-to-start every interval, backing off while it fails."""
         failures = 0

@@ -31,6 +31,7 @@ from providers import (
     ProviderTimeout,
     parse_rate_limits,
 )
+from router.circuit import Circuits
 from router.config import RetryPolicy
 from router.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
 from router.errors import no_candidates, to_caller_error
@@ -109,6 +110,7 @@ class RequestPath:
         self.wall_clock = wall_clock or (lambda: datetime.now(UTC))
         """The UTC time that prices are looked up for (DeepSeek's off-peak hours); replaceable in tests."""
         self._policies: dict[str, Policy] = {}
+        self.circuits = Circuits(table.config.circuit)
 
     # 1. resolve -------------------------------------------------------------------------
 
@@ -168,7 +170,9 @@ class RequestPath:
         eligible: dict[str, Deployment] = {}
         for deployment in route.deployments:
             candidate = deployment.candidate_at(when)
-            reason = exclusion_reason(candidate, deployment.serves, call.facts, limits, view)
+            reason = self.circuits.blocked(candidate.id, now) or exclusion_reason(
+                candidate, deployment.serves, call.facts, limits, view
+            )
             if reason is None:
                 eligible.setdefault(candidate.id, deployment)
             else:
@@ -239,6 +243,7 @@ class RequestPath:
             attempt_started=served.started,
             first_token_at=opened.first_token_at,
             stats=self.stats,
+            circuits=self.circuits,
             candidate_id=served.deployment.candidate.id,
             include_usage=caller_wants_usage,
         )
@@ -295,6 +300,12 @@ class RequestPath:
                     return served
         if last is None:
             if not tried_any:
+                if call.record.excluded and all(e.reason.startswith("circuit") for e in call.record.excluded):
+                    last = Overloaded(
+                        "every deployment's circuit is open: "
+                        + "; ".join(f"{e.candidate}: {e.reason}" for e in call.record.excluded)
+                    )
+                    raise self._give_up(call, last) from None
                 raise no_candidates(call.record.requested_model, call.record.excluded, call.record)
             last = ProviderTimeout("the call's deadline passed before any attempt")
         raise self._give_up(call, last) from last
@@ -372,8 +383,16 @@ class RequestPath:
         except ProviderError as failure:
             _failed(attempt, failure, 0.0)
             raise
+        if not self.circuits.admit(candidate.id, started):
+            shut = Overloaded(
+                f"{candidate.id}: {self.circuits.blocked(candidate.id, started)}; not sent", retryable=False
+            )
+            _failed(attempt, shut, 0.0)
+            attempt.outcome = "circuit_open"
+            raise shut
         cap = candidate.max_concurrency
         if not self.stats.try_begin(candidate.id, started, cap=cap):
+            self.circuits.release(candidate.id)
             full = Overloaded(f"{candidate.id}: at its concurrency cap ({cap} in flight); not sent", retryable=False)
             _failed(attempt, full, 0.0)
             attempt.outcome = "at_capacity"
@@ -390,15 +409,20 @@ class RequestPath:
         except BaseException:
             now = anyio.current_time()
             self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            self.circuits.release(candidate.id)
             attempt.outcome, attempt.seconds = "cancelled", now - started
             raise
+        self.circuits.record(candidate.id, anyio.current_time(), failure=None)
         attempt.seconds = anyio.current_time() - started
         record = call.record
         record.backend, record.provider, record.model = candidate.backend, candidate.provider, candidate.model
         return _Served(deployment, attempt, started, result)
 
     def _observe_failure(self, candidate_id: str, failure: ProviderError, now: float) -> None:
-        """What a failure says about the deployment's headroom."""
+        """What a failure says about the deployment's health and headroom."""
+        self.circuits.record(
+            candidate_id, now, failure=failure.kind, message=failure.message, retry_after=failure.retry_after
+        )
         if failure.headers:
             self.stats.observe_rate_limits(candidate_id, parse_rate_limits(failure.headers), now)
         if failure.kind is FailureKind.RATE_LIMITED and failure.retry_after is not None:

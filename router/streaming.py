@@ -14,6 +14,7 @@ import anyio
 from openai.types.chat import ChatCompletionChunk
 
 from providers import ChunkStream, ProviderError
+from router.circuit import Circuits
 from router.errors import stream_interrupted
 from router.record import Attempt, RouteRecord, attach_route
 from router.stats import StatsStore
@@ -33,6 +34,7 @@ class RouterStream:
         attempt_started: float,
         first_token_at: float | None,
         stats: StatsStore,
+        circuits: Circuits,
         candidate_id: str,
         include_usage: bool,
     ) -> None:
@@ -44,6 +46,7 @@ class RouterStream:
         self._attempt_started = attempt_started
         self._first_token_at = first_token_at
         self._stats = stats
+        self._circuits = circuits
         self._candidate_id = candidate_id
         self._include_usage = include_usage
         self._text: list[str] = []
@@ -98,6 +101,7 @@ class RouterStream:
         if failure is not None:
             self._attempt.outcome = failure.kind.value
             self._attempt.error = failure.message
+            self._circuits.record(self._candidate_id, now, failure=failure.kind, message=failure.message)
         elif outcome is not None:
             self._attempt.outcome = outcome
         record = self._record

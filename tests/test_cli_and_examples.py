@@ -23,7 +23,11 @@ def test_demo_routes_around_killed_backends(capsys: pytest.CaptureFixture[str]) 
     assert len(rows) == 6 and all(row["route"]["complete"] for row in rows)
     assert served == ["alpha", "alpha", "beta", "beta", "gamma", "gamma"]  # alpha dies at 3, beta at 5
     assert rows[-1]["route"]["fallback"] == "tiny-backup"
-    assert [a["outcome"] for a in rows[-1]["route"]["attempts"]] == ["connection", "connection", "ok"]
+    last = rows[-1]["route"]
+    assert [(a["backend"], a["outcome"]) for a in last["attempts"]] == [("beta", "connection"), ("gamma", "ok")]
+    # alpha failed twice in a row (circuit: failures 2 in demo.yaml), so it is no longer even tried
+    assert [e["candidate"] for e in last["excluded"]] == ["alpha/tiny-llama"]
+    assert last["excluded"][0]["reason"].startswith("circuit open")
     assert rows[1]["route"]["ttft_s"] is not None  # the even requests stream
 
 
