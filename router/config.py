@@ -37,6 +37,12 @@ class Timeouts(_Strict):
     first_token_s: float = Field(30.0, gt=0)
     stall_s: float = Field(30.0, gt=0)
     total_s: float = Field(300.0, gt=0)
+    adaptive_first_token: bool = True
+    """Once a deployment has samples, its first-token deadline is `adaptive_factor` × the
+    `adaptive_percentile` of its recent TTFTs, between `adaptive_floor_s` and `first_token_s`."""
+    adaptive_percentile: float = Field(0.95, gt=0, le=1)
+    adaptive_factor: float = Field(3.0, ge=1)
+    adaptive_floor_s: float = Field(2.0, gt=0)
 
 
 class RetryPolicy(_Strict):
@@ -56,6 +62,10 @@ class TimeoutsOverride(_Strict):
     first_token_s: float | None = Field(None, gt=0)
     stall_s: float | None = Field(None, gt=0)
     total_s: float | None = Field(None, gt=0)
+    adaptive_first_token: bool | None = None
+    adaptive_percentile: float | None = Field(None, gt=0, le=1)
+    adaptive_factor: float | None = Field(None, ge=1)
+    adaptive_floor_s: float | None = Field(None, gt=0)
 
 
 class RetryOverride(_Strict):

@@ -372,7 +372,7 @@ class RequestPath:
         timeouts = deployment.timeouts
         deadlines = Deadlines(
             connect_s=max(0.001, min(timeouts.connect_s, call.deadline - started)),
-            first_token_at=started + timeouts.first_token_s,
+            first_token_at=started + self._first_token_s(deployment, call.stream),
             stall_s=timeouts.stall_s,
             total_at=min(call.deadline, started + timeouts.total_s),
         )
@@ -417,6 +417,19 @@ class RequestPath:
         record = call.record
         record.backend, record.provider, record.model = candidate.backend, candidate.provider, candidate.model
         return _Served(deployment, attempt, started, result)
+
+    def _first_token_s(self, deployment: Deployment, stream: bool) -> float:
+        """The first-token deadline: configured, or adapted to the deployment's observed TTFT so a
+        fast backend that goes quiet is abandoned in seconds and a slow-but-working one is not cut off."""
+        t = deployment.timeouts
+        if not t.adaptive_first_token:
+            return t.first_token_s
+        observed = self.stats.first_token_percentile(
+            deployment.candidate.id, stream=stream, percentile=t.adaptive_percentile
+        )
+        if observed is None:
+            return t.first_token_s
+        return min(t.first_token_s, max(t.adaptive_floor_s, observed * t.adaptive_factor))
 
     def _observe_failure(self, candidate_id: str, failure: ProviderError, now: float) -> None:
         """What a failure says about the deployment's health and headroom."""

@@ -10,7 +10,8 @@ used for a while looks cheap again and gets tried. All times are on the caller's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from policies import DeploymentStats, StatsView
@@ -23,6 +24,9 @@ _SMOOTHING = 0.3
 """Weight of a new sample in the plain EWMAs (decode speed, cache share)."""
 _ERROR_WINDOW_S = 30.0
 """τ of the decaying error rate."""
+_SAMPLES = 64
+"""Recent successful TTFT / latency samples kept per deployment, for the adaptive deadline."""
+_MIN_SAMPLES = 8
 
 
 @dataclass(slots=True)
@@ -66,6 +70,8 @@ class _Deployment:
     remaining_requests: tuple[float, float] | None = None
     """(remaining, valid until) from the last rate-limit headers."""
     remaining_tokens: tuple[float, float] | None = None
+    ttft_samples: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    latency_samples: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
 
 
 @dataclass(slots=True)
@@ -123,10 +129,12 @@ class MemoryStats:
         if stream:
             if ttft_s is not None:
                 self._observe(d, "ttft", ttft_s, now)
+                d.ttft_samples.append(ttft_s)
             if tokens_per_s is not None and tokens_per_s > 0:
                 d.tokens_per_s = _ewma(d.tokens_per_s, tokens_per_s)
         else:
             self._observe(d, "latency", seconds, now)
+            d.latency_samples.append(seconds)
         if cached_share is not None:
             d.cached_share = _ewma(d.cached_share, cached_share)
 
@@ -163,6 +171,16 @@ class MemoryStats:
         server.probe_ok = load is not None
         if load is not None:
             server.load = load
+
+    def first_token_percentile(self, candidate_id: str, *, stream: bool, percentile: float) -> float | None:
+        """A high percentile of recent time-to-first-token (streams) or latency (non-streams); None
+        until there are enough samples to say."""
+        d = self._deployments.get(candidate_id)
+        samples = None if d is None else (d.ttft_samples if stream else d.latency_samples)
+        if not samples or len(samples) < _MIN_SAMPLES:
+            return None
+        ordered = sorted(samples)
+        return ordered[min(len(ordered) - 1, int(percentile * len(ordered)))]
 
     def view(self, now: float) -> StatsSnapshot:
         """A read-only view as of `now`, for one ranking."""
@@ -230,6 +248,8 @@ class StatsStore(Protocol):
     def observe_retry_after(self, candidate_id: str, seconds: float, now: float) -> None: ...
 
     def observe_server_load(self, backend: str, load: ServerLoad | None) -> None: ...
+
+    def first_token_percentile(self, candidate_id: str, *, stream: bool, percentile: float) -> float | None: ...
 
     def view(self, now: float) -> StatsView: ...
 
