@@ -78,6 +78,20 @@ class Completed:
     rate_limits: RateLimitInfo
 
 
+_CONTEXT_LIMIT = re.compile(
+    r"maximum context length is (\d+)|limit is (\d+)|context size \((\d+) tokens\)|context window of (\d+)",
+    re.IGNORECASE,
+)
+
+
+def _stated_context_window(message: str, error: Any) -> int | None:
+    """The context window a context-length error states (`n_ctx` in llama.cpp's body, else the message)."""
+    if isinstance(error, dict) and isinstance(error.get("n_ctx"), int):
+        return int(error["n_ctx"])
+    match = _CONTEXT_LIMIT.search(message)
+    return int(next(g for g in match.groups() if g)) if match else None
+
+
 def _number(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) else 0
 
@@ -186,7 +200,10 @@ class OpenAICompatible:
         if self._api_key and self._api_key in str(body):  # some providers echo the key back
             message = message.replace(self._api_key, "[redacted]")
             body = json.loads(json.dumps(body).replace(self._api_key, "[redacted]"))
-        return cls(f"{self.name}: {message}", status_code=status, retry_after=retry_after, body=body, headers=kept)
+        failure = cls(f"{self.name}: {message}", status_code=status, retry_after=retry_after, body=body, headers=kept)
+        if isinstance(failure, ContextTooLong):
+            failure.context_window = _stated_context_window(message, error)
+        return failure
 
     def error_class(self, status: int, message: str, code: str, type_: str) -> type[ProviderError]:
         """Pick the failure class; provider modules extend this with their own signatures."""

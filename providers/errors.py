@@ -90,9 +90,13 @@ class ConnectionFailed(ProviderError):
 
 
 class ContextTooLong(ProviderError):
-    """Prompt plus requested output do not fit this model's context window."""
+    """Prompt plus requested output do not fit this model's context window.
+
+    `context_window` is the limit the provider stated, when its message or body gives one.
+    """
 
     kind = FailureKind.CONTEXT_TOO_LONG
+    context_window: int | None = None
 
 
 class ContentFiltered(ProviderError):

@@ -53,6 +53,18 @@ class RetryPolicy(_Strict):
     backoff_initial_s: float = Field(0.25, ge=0)
     backoff_max_s: float = Field(8.0, ge=0)
     max_retry_after_s: float = Field(30.0, ge=0)
+    content_filter: Literal["surface", "fall_over"] = "surface"
+    """A content-filter refusal: surface the provider's reason at once, or try the next candidate."""
+
+
+class StreamPolicy(_Strict):
+    """How streams commit and what happens when one breaks after the caller has seen part of it."""
+
+    commit: Literal["first_token", "buffer"] = "first_token"
+    """`first_token`: pass chunks on from the first token (failures before it fall over invisibly);
+    `buffer`: receive and check the whole answer before the caller sees any of it."""
+    recover: Literal["none", "continue"] = "none"
+    """`continue`: after a break, ask the next candidate that supports prefill to continue the answer."""
 
 
 class TimeoutsOverride(_Strict):
@@ -76,6 +88,7 @@ class RetryOverride(_Strict):
     backoff_initial_s: float | None = Field(None, ge=0)
     backoff_max_s: float | None = Field(None, ge=0)
     max_retry_after_s: float | None = Field(None, ge=0)
+    content_filter: Literal["surface", "fall_over"] | None = None
 
 
 class BackendConfig(_Strict):
@@ -163,6 +176,7 @@ class ModelConfig(_Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     timeouts: TimeoutsOverride | None = None
     retry: RetryOverride | None = None
+    streams: StreamPolicy | None = None
 
 
 class RouterConfig(_Strict):
@@ -175,6 +189,7 @@ class RouterConfig(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     load_probes: LoadProbes = Field(default_factory=LoadProbes)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    streams: StreamPolicy = Field(default_factory=StreamPolicy)
 
 
 def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:

@@ -24,6 +24,7 @@ from policies.estimates import expected_cost_usd, expected_duration_s, expected_
 from providers import (
     ChunkStream,
     Completed,
+    ContextTooLong,
     Deadlines,
     FailureKind,
     Overloaded,
@@ -32,7 +33,7 @@ from providers import (
     parse_rate_limits,
 )
 from router.circuit import Circuits
-from router.config import RetryPolicy
+from router.config import RetryPolicy, StreamPolicy
 from router.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
 from router.errors import no_candidates, to_caller_error
 from router.hints import RouteHints
@@ -72,6 +73,7 @@ class Call:
     started: float
     deadline: float
     attempts_left: int
+    streams: StreamPolicy
     extra_headers: Mapping[str, str] | None = None
     extra_query: Mapping[str, Any] | None = None
 
@@ -148,6 +150,7 @@ class RequestPath:
             now,
             now + min(limits),
             first.retry.max_attempts,
+            first.streams,
             extra_headers,
             extra_query,
         )
@@ -231,7 +234,9 @@ class RequestPath:
         served = await self._first_success(call, tiers, self._open_stream)
         opened = served.result
         if opened.first_token_at is not None:
-            call.record.ttft_s = opened.first_token_at - call.started
+            # what the caller waited for its first token (in buffer mode: the whole answer)
+            shown_at = anyio.current_time() if call.streams.commit == "buffer" else opened.first_token_at
+            call.record.ttft_s = shown_at - call.started
         call.record.rate_limits = opened.upstream.rate_limits
         self.stats.observe_rate_limits(served.deployment.candidate.id, opened.upstream.rate_limits, served.started)
         return RouterStream(
@@ -263,16 +268,20 @@ class RequestPath:
             self.client, body, deadlines, extra_headers=call.extra_headers, extra_query=call.extra_query
         )
         buffered: list[ChatCompletionChunk] = []
+        whole = call.streams.commit == "buffer"  # hold everything back until the answer is complete
+        first_token_at = None
         try:
-            while not upstream.saw_token:
+            while whole or not upstream.saw_token:
                 try:
                     buffered.append(await upstream.__anext__())
                 except StopAsyncIteration:
                     break
+                if first_token_at is None and upstream.saw_token:
+                    first_token_at = anyio.current_time()
         except BaseException:
             await upstream.aclose()
             raise
-        return _Opened(upstream, buffered, anyio.current_time() if upstream.saw_token else None)
+        return _Opened(upstream, buffered, first_token_at)
 
     async def _first_success(
         self,
@@ -283,17 +292,23 @@ class RequestPath:
         """Walk the tiers (alias, then fallbacks), each ranked; retry, then fall over."""
         last: ProviderError | None = None
         tried_any = False
+        too_small: _ContextCeiling | None = None
         for route in tiers:
             for deployment in self.rank(route, call):
                 tried_any = True
                 if call.attempts_left <= 0 or anyio.current_time() >= call.deadline:
                     break
+                if too_small is not None and too_small.excludes(deployment):
+                    call.record.excluded.append(Exclusion(deployment.candidate.id, too_small.reason))
+                    continue
                 try:
                     served = await self._with_retries(deployment, route.retry, call, operation)
                 except ProviderError as failure:
                     last = failure
-                    if failure.kind is FailureKind.CONTENT_FILTERED:
+                    if failure.kind is FailureKind.CONTENT_FILTERED and route.retry.content_filter == "surface":
                         raise self._give_up(call, failure) from failure
+                    if isinstance(failure, ContextTooLong):
+                        too_small = _ContextCeiling.after(deployment, failure, too_small)
                 else:
                     if route is not tiers[0]:
                         call.record.fallback = route.name
@@ -440,6 +455,36 @@ class RequestPath:
             self.stats.observe_rate_limits(candidate_id, parse_rate_limits(failure.headers), now)
         if failure.kind is FailureKind.RATE_LIMITED and failure.retry_after is not None:
             self.stats.observe_retry_after(candidate_id, failure.retry_after, now)
+
+
+@dataclass(slots=True)
+class _ContextCeiling:
+    """After a context-length failure: only deployments with a larger window are worth trying."""
+
+    window: int | None
+    models: set[str]
+    reason: str
+
+    @classmethod
+    def after(
+        cls, deployment: Deployment, failure: ContextTooLong, previous: _ContextCeiling | None
+    ) -> _ContextCeiling:
+        window = failure.context_window or deployment.serves.context_window
+        models = {deployment.candidate.model} | (previous.models if previous else set())
+        if previous is not None and previous.window is not None:
+            window = max(window or 0, previous.window)
+        stated = f"{window} tokens" if window else "its window"
+        return cls(
+            window,
+            models,
+            f"context window not larger than {deployment.candidate.id}'s ({stated}), which was too small",
+        )
+
+    def excludes(self, deployment: Deployment) -> bool:
+        known = deployment.serves.context_window
+        if known is not None and self.window is not None:
+            return known <= self.window
+        return deployment.candidate.model in self.models  # the same model: the same window
 
 
 def _short_of_headroom(stats: DeploymentStats | None, tokens_needed: int) -> bool:

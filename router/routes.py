@@ -13,7 +13,15 @@ from datetime import datetime
 from policies import Candidate, Price
 from providers import PROVIDERS, OpenAICompatible
 from providers.load import LoadReporter
-from router.config import Constraints, RetryPolicy, RouterConfig, Timeouts, merge_retry, merge_timeouts
+from router.config import (
+    Constraints,
+    RetryPolicy,
+    RouterConfig,
+    StreamPolicy,
+    Timeouts,
+    merge_retry,
+    merge_timeouts,
+)
 from router.eligibility import Serves
 from router.errors import unknown_model
 
@@ -57,6 +65,7 @@ class ModelRoute:
     policy: str
     retry: RetryPolicy
     constraints: Constraints
+    streams: StreamPolicy
 
 
 class RouteTable:
@@ -112,9 +121,12 @@ class RouteTable:
                 model.policy or config.policy,
                 merge_retry(config.retry, model.retry),
                 model.constraints,
+                model.streams or config.streams,
             )
         self.by_model_id = {
-            model_id: ModelRoute(model_id, tuple(found.values()), (), config.policy, config.retry, Constraints())
+            model_id: ModelRoute(
+                model_id, tuple(found.values()), (), config.policy, config.retry, Constraints(), config.streams
+            )
             for model_id, found in by_model.items()
             if model_id not in self.routes
         }

@@ -341,3 +341,52 @@ async def test_request_fields_pass_through(httpx2_mock: respx.Router) -> None:
     assert body["max_completion_tokens"] == 5 and body["response_format"] == {"type": "json_object"}
     assert "temperature_unused" not in body and "stream" not in body
     assert sent[0].headers["x-trace"] == "1" and sent[0].headers["authorization"] == "Bearer key-a"
+
+
+async def test_buffer_commit_falls_over_even_after_the_first_token(httpx2_mock: respx.Router) -> None:
+    """`streams: {commit: buffer}`: a cut anywhere in the answer falls over invisibly."""
+    httpx2_mock.post(A).mock(side_effect=sse(chunk(role="assistant"), chunk("Hel"), chunk("lo")))  # cut
+    httpx2_mock.post(B).mock(
+        side_effect=sse(chunk("Good"), chunk("bye"), chunk(finish="stop"), USAGE, b"data: [DONE]\n\n")
+    )
+    async with AsyncRouter.from_config(config(streams={"commit": "buffer"})) as router:
+        stream = await router.chat.completions.create(model="primary", messages=HI, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "Goodbye"
+    first = route_of(stream).attempts[0]
+    assert (first.backend, first.outcome) == ("a", "stream_broken")
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_context_too_long_skips_deployments_whose_window_is_not_larger(httpx2_mock: respx.Router) -> None:
+    """A 400 stating a 4096-token window: the same model elsewhere is skipped, a larger window is tried."""
+    too_long = httpx.Response(
+        400, json={"error": {"message": "This model's maximum context length is 4096 tokens. However, you requested"}}
+    )
+    small = httpx2_mock.post(A).mock(return_value=too_long)
+    same_model = httpx2_mock.post(B).mock(return_value=too_long)
+    large = httpx2_mock.post("http://c.test/v1/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion("big"))
+    )
+    cfg = config()
+    cfg["backends"]["c"] = {"provider": "openai", "base_url": "http://c.test/v1"}
+    cfg["models"]["fallback"]["deployments"] = [{"backend": "c", "model": "big", "context_window": 128000}]
+    async with AsyncRouter.from_config(cfg) as router:
+        reply = await router.chat.completions.create(model="primary", messages=HI)
+    assert (small.call_count, same_model.call_count, large.call_count) == (1, 0, 1)
+    record = route_of(reply)
+    assert record.backend == "c" and record.fallback == "fallback"
+    assert any(e.candidate == "b/m1" and "4096 tokens" in e.reason for e in record.excluded)
+
+
+async def test_content_filter_surfaces_by_default_and_can_fall_over(httpx2_mock: respx.Router) -> None:
+    refused = httpx.Response(400, json={"error": {"message": "flagged", "code": "content_filter"}})
+    httpx2_mock.post(A).mock(return_value=refused)
+    other = httpx2_mock.post(B).mock(return_value=httpx.Response(200, json=completion("m1")))
+    async with AsyncRouter.from_config(config()) as router:
+        with pytest.raises(openai.BadRequestError, match="flagged"):
+            await router.chat.completions.create(model="primary", messages=HI)
+    assert other.call_count == 0
+    async with AsyncRouter.from_config(config(retry={"content_filter": "fall_over"})) as router:
+        reply = await router.chat.completions.create(model="primary", messages=HI)
+    assert route_of(reply).backend == "b"
