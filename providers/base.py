@@ -123,6 +123,10 @@ class OpenAICompatible:
     )
     content_filter_signatures: ClassVar[tuple[str, ...]] = ("content_filter", "content_policy_violation")
     truncating_finish_reasons: ClassVar[frozenset[str]] = frozenset()
+    supports_prefill: ClassVar[bool] = False
+    """Whether the server continues a trailing assistant message instead of answering anew."""
+    prefill_path: ClassVar[str | None] = None
+    """Where continuation requests go, when not the usual chat path (DeepSeek's beta endpoint)."""
     catalog: ClassVar[Mapping[str, ModelFacts]] = {}
     """Published prices and context windows of this provider's models (`providers/catalog.py`)."""
 
@@ -176,6 +180,10 @@ class OpenAICompatible:
         """The list price in effect at `when`, if the provider publishes one."""
         facts = self.catalog.get(model)
         return facts.price if facts else None
+
+    def continuation(self, body: dict[str, Any], text: str) -> dict[str, Any]:
+        """The body that asks this provider to continue `text` as the assistant's answer."""
+        return {**body, "messages": [*body.get("messages", []), {"role": "assistant", "content": text}]}
 
     def check_finish(self, finish_reason: str) -> None:
         """Raise when a finish_reason means the provider cut the answer short (not `length`)."""
@@ -271,9 +279,12 @@ class OpenAICompatible:
         headers = self._stream_headers if stream else self._headers
         if extra_headers:
             headers = {**headers, **extra_headers}
+        url = self._url
+        if body.get("messages") and body["messages"][-1].get("role") == "assistant" and self.prefill_path:
+            url = self.base_url + self.prefill_path
         request = client.build_request(
             "POST",
-            self._url,
+            url,
             content=pydantic_core.to_json(body),
             headers=headers,
             params=extra_query,

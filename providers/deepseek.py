@@ -8,7 +8,7 @@ comments while a request waits in the queue.
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from providers.base import OpenAICompatible
 from providers.catalog import DEEPSEEK, ModelFacts, ModelPrice, deepseek_is_peak
@@ -23,11 +23,18 @@ class DeepSeekProvider(OpenAICompatible):
     api_key_env = "DEEPSEEK_API_KEY"
     requires_api_key = True
     truncating_finish_reasons = frozenset({"insufficient_system_resource"})
+    supports_prefill = True
+    prefill_path = "/beta/chat/completions"  # chat prefix completion is a beta feature
     catalog: ClassVar[Mapping[str, ModelFacts]] = DEEPSEEK
     content_filter_signatures: ClassVar[tuple[str, ...]] = (
         *OpenAICompatible.content_filter_signatures,
         "content exists risk",
     )
+
+    def continuation(self, body: dict[str, Any], text: str) -> dict[str, Any]:
+        """DeepSeek's chat prefix completion: the last assistant message carries `prefix: true`."""
+        messages = [*body.get("messages", []), {"role": "assistant", "content": text, "prefix": True}]
+        return {**body, "messages": messages}
 
     def price_at(self, model: str, when: datetime) -> ModelPrice | None:
         """Half price outside DeepSeek's peak hours (01–04 and 06–10 UTC on weekdays)."""

@@ -21,6 +21,7 @@ class LlamaCppProvider(OpenAICompatible):
 
     kind = "llamacpp"
     default_base_url = "http://127.0.0.1:8080/v1"
+    supports_prefill = True  # a trailing assistant message is continued, not answered
 
     # What a server can't change without a restart, learnt on the first read; dropped on any failure.
     _total_slots: int | None = None

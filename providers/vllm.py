@@ -6,6 +6,7 @@ with the HTTP status in `code`. Load is read from `/metrics` (policies issue).
 """
 
 import math
+from typing import Any
 
 import httpx2
 
@@ -22,6 +23,12 @@ class VLLMProvider(OpenAICompatible):
 
     kind = "vllm"
     default_base_url = "http://127.0.0.1:8000/v1"
+    supports_prefill = True
+
+    def continuation(self, body: dict[str, Any], text: str) -> dict[str, Any]:
+        """vLLM continues the final assistant message when asked to (`continue_final_message`)."""
+        continued = super().continuation(body, text)
+        return {**continued, "continue_final_message": True, "add_generation_prompt": False}
 
     async def read_load(self, client: httpx2.AsyncClient, *, timeout_s: float) -> ServerLoad:
         """Running/waiting requests and KV-cache use from the Prometheus `/metrics` (open, no key needed)."""

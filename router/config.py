@@ -116,6 +116,9 @@ class Capabilities(_Strict):
     tools: bool = True
     json_schema: bool = True
     stream: bool = True
+    prefill: bool | None = None
+    """Can continue an assistant message (for `streams.recover: continue`); None: the provider's default
+    (DeepSeek, vLLM and llama.cpp can; Groq, Cerebras and plain OpenAI endpoints are not assumed to)."""
 
 
 class Priors(_Strict):

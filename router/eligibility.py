@@ -110,6 +110,7 @@ class Serves:
     json_schema: bool = True
     stream: bool = True
     context_window: int | None = None
+    prefill: bool = False
 
 
 def exclusion_reason(

@@ -40,7 +40,7 @@ from router.hints import RouteHints
 from router.record import Attempt, RankedCandidate, RouteRecord, attach_route
 from router.routes import Deployment, ModelRoute, RouteTable
 from router.stats import StatsStore
-from router.streaming import RouterStream
+from router.streaming import Leg, RouterStream
 
 T = TypeVar("T")
 logger = logging.getLogger("router")
@@ -239,19 +239,46 @@ class RequestPath:
             call.record.ttft_s = shown_at - call.started
         call.record.rate_limits = opened.upstream.rate_limits
         self.stats.observe_rate_limits(served.deployment.candidate.id, opened.upstream.rate_limits, served.started)
+        failed = served.deployment
+
+        async def recover(text: str, delivered: int) -> Leg | None:
+            return await self._continuation(call, tiers, failed, text, delivered)
+
         return RouterStream(
-            opened.upstream,
-            opened.buffered,
+            _leg(served),
             record=call.record,
-            attempt=served.attempt,
             call_started=call.started,
-            attempt_started=served.started,
-            first_token_at=opened.first_token_at,
             stats=self.stats,
             circuits=self.circuits,
-            candidate_id=served.deployment.candidate.id,
             include_usage=caller_wants_usage,
+            recover=recover if call.streams.recover == "continue" else None,
         )
+
+    async def _continuation(
+        self, call: Call, tiers: list[ModelRoute], failed: Deployment, text: str, delivered: int
+    ) -> Leg | None:
+        """Ask the next deployment that supports prefill to continue `text`; None if none can.
+
+        One attempt per deployment; a deployment that rejects the prefill is recorded and skipped,
+        and when none succeeds the caller gets the original failure.
+        """
+        base = dict(call.body)
+        for key in ("max_tokens", "max_completion_tokens"):
+            if isinstance(base.get(key), int):
+                base[key] = max(1, base[key] - delivered)
+        for route in tiers:
+            for deployment in self.rank(route, call):
+                if deployment is failed or not deployment.serves.prefill:
+                    continue
+                if call.attempts_left <= 0 or anyio.current_time() >= call.deadline:
+                    return None
+                body = deployment.adapter.continuation({**base, "model": deployment.candidate.model}, text)
+                try:
+                    served = await self._attempt_once(deployment, call, self._open_stream, body=body)
+                except ProviderError:
+                    continue
+                return _leg(served)
+        return None
 
     async def _complete_once(
         self, deployment: Deployment, body: dict[str, Any], deadlines: Deadlines, call: Call
@@ -380,6 +407,8 @@ class RequestPath:
         deployment: Deployment,
         call: Call,
         operation: Callable[[Deployment, dict[str, Any], Deadlines, Call], Awaitable[T]],
+        *,
+        body: dict[str, Any] | None = None,
     ) -> _Served[T]:
         """One try: prepare the body for this provider, send it, write the attempt down."""
         candidate = deployment.candidate
@@ -394,7 +423,7 @@ class RequestPath:
         attempt = Attempt(candidate.backend, candidate.provider, candidate.model, "ok", 0.0)
         call.record.attempts.append(attempt)
         try:
-            body = deployment.adapter.prepare({**call.body, "model": candidate.model}, stream=call.stream)
+            body = deployment.adapter.prepare(body or {**call.body, "model": candidate.model}, stream=call.stream)
         except ProviderError as failure:
             _failed(attempt, failure, 0.0)
             raise
@@ -485,6 +514,18 @@ class _ContextCeiling:
         if known is not None and self.window is not None:
             return known <= self.window
         return deployment.candidate.model in self.models  # the same model: the same window
+
+
+def _leg(served: _Served[_Opened]) -> Leg:
+    opened = served.result
+    return Leg(
+        opened.upstream,
+        opened.buffered,
+        served.attempt,
+        served.deployment.candidate.id,
+        served.started,
+        opened.first_token_at,
+    )
 
 
 def _short_of_headroom(stats: DeploymentStats | None, tokens_needed: int) -> bool:

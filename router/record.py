@@ -66,6 +66,8 @@ class RouteRecord:
     model: str | None = None
     fallback: str | None = None
     """The fallback alias that served, when the requested one could not."""
+    recovered_after_chars: int | None = None
+    """A stream broke after this many characters and another deployment continued it."""
     attempts: list[Attempt] = field(default_factory=list)
     latency_s: float | None = None
     ttft_s: float | None = None

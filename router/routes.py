@@ -109,6 +109,7 @@ class RouteTable:
                     json_schema=caps.json_schema,
                     stream=caps.stream,
                     context_window=entry.context_window or adapter.context_window(entry.model),
+                    prefill=adapter.supports_prefill if caps.prefill is None else caps.prefill,
                 )
                 timeouts = merge_timeouts(config.timeouts, backend.timeouts, model.timeouts)
                 deployment = Deployment(candidate, adapter, timeouts, serves, price_fixed=price is not None)

@@ -2,22 +2,42 @@
 
 The chunks held back before the commit point come first, then the live stream. A break
 after the commit never ends like a finished answer: it raises `StreamInterruptedError`
-with the partial text. The route record is complete when the stream ends or is closed.
+with the partial text — or, with `streams.recover: continue`, the answer is continued by
+another deployment and the caller sees one seamless stream. The route record is complete
+when the stream ends or is closed.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
 from openai.types.chat import ChatCompletionChunk
 
-from providers import ChunkStream, ProviderError
+from providers import ChunkStream, ProviderError, has_token
 from router.circuit import Circuits
 from router.errors import stream_interrupted
 from router.record import Attempt, RouteRecord, attach_route
 from router.stats import StatsStore
+
+
+@dataclass(slots=True)
+class Leg:
+    """One upstream stream serving (part of) the answer: its attempt and timings."""
+
+    upstream: ChunkStream
+    buffered: list[ChatCompletionChunk]
+    attempt: Attempt
+    candidate_id: str
+    started: float
+    first_token_at: float | None
+
+
+Recover = Callable[[str, int], Awaitable[Leg | None]]
+"""Given the text delivered so far and the chunks it took, open a stream that continues it (or None)."""
 
 
 class RouterStream:
@@ -25,31 +45,25 @@ class RouterStream:
 
     def __init__(
         self,
-        upstream: ChunkStream,
-        buffered: list[ChatCompletionChunk],
+        leg: Leg,
         *,
         record: RouteRecord,
-        attempt: Attempt,
         call_started: float,
-        attempt_started: float,
-        first_token_at: float | None,
         stats: StatsStore,
         circuits: Circuits,
-        candidate_id: str,
         include_usage: bool,
+        recover: Recover | None = None,
     ) -> None:
-        self._upstream = upstream
-        self._buffered = deque(buffered)
+        self._leg = leg
+        self._buffered = deque(leg.buffered)
         self._record = record
-        self._attempt = attempt
         self._call_started = call_started
-        self._attempt_started = attempt_started
-        self._first_token_at = first_token_at
         self._stats = stats
         self._circuits = circuits
-        self._candidate_id = candidate_id
         self._include_usage = include_usage
+        self._recover = recover
         self._text: list[str] = []
+        self._delivered = 0
         self._done = False
         attach_route(self, record)
 
@@ -69,17 +83,18 @@ class RouterStream:
                 if self._done:
                     raise StopAsyncIteration
                 try:
-                    chunk = await self._upstream.__anext__()
+                    chunk = await self._leg.upstream.__anext__()
                 except StopAsyncIteration:
                     self._finish(None)
                     raise
                 except ProviderError as failure:
-                    self._finish(failure)
+                    if await self._continue_after(failure):
+                        continue
                     raise stream_interrupted(
-                        failure, "".join(self._text), self._upstream.usage, self._record.attempts, self._record
+                        failure, "".join(self._text), self._leg.upstream.usage, self._record.attempts, self._record
                     ) from failure
                 except BaseException:
-                    await self._upstream.aclose()
+                    await self._leg.upstream.aclose()
                     self._finish(None, outcome="cancelled")
                     raise
             choices = chunk.choices
@@ -87,37 +102,48 @@ class RouterStream:
                 content = choices[0].delta.content
                 if content:
                     self._text.append(content)
+                    self._delivered += 1
             elif not self._include_usage and chunk.usage is not None:
                 continue  # we asked upstream for usage; the caller did not
             return chunk
 
-    def _finish(self, failure: ProviderError | None, *, outcome: str | None = None) -> None:
-        if self._done:
-            return
-        self._done = True
+    async def _continue_after(self, failure: ProviderError) -> bool:
+        """Record the broken leg; with recovery configured, switch to a continuation. False: raise."""
+        self._end_leg(failure)
+        text = "".join(self._text)
+        leg = await self._recover(text, self._delivered) if self._recover is not None and text else None
+        if leg is None:
+            self._finish_record()
+            return False
+        self._leg = leg
+        self._record.recovered_after_chars = len(text)
+        # the caller already has the role and the text so far: pass on only what continues it
+        self._buffered = deque(c for c in leg.buffered if has_token(c) or _ends_or_counts(c))
+        return True
+
+    def _end_leg(self, failure: ProviderError | None, *, outcome: str | None = None) -> None:
+        """Close the books on the current upstream attempt: its outcome, timings, stats and circuit."""
+        leg = self._leg
         now = anyio.current_time()
-        seconds = now - self._attempt_started
-        self._attempt.seconds = seconds
+        seconds = now - leg.started
+        leg.attempt.seconds = seconds
         if failure is not None:
-            self._attempt.outcome = failure.kind.value
-            self._attempt.error = failure.message
-            self._circuits.record(self._candidate_id, now, failure=failure.kind, message=failure.message)
+            leg.attempt.outcome = failure.kind.value
+            leg.attempt.error = failure.message
+            self._circuits.record(leg.candidate_id, now, failure=failure.kind, message=failure.message)
         elif outcome is not None:
-            self._attempt.outcome = outcome
-        record = self._record
-        record.latency_s = now - self._call_started
-        usage = record.usage = self._upstream.usage
-        record.complete = True
+            leg.attempt.outcome = outcome
+        usage = leg.upstream.usage
         ttft = tokens_per_s = cached_share = None
-        if self._first_token_at is not None:
-            ttft = self._first_token_at - self._attempt_started
-            decode_s = now - self._first_token_at
+        if leg.first_token_at is not None:
+            ttft = leg.first_token_at - leg.started
+            decode_s = now - leg.first_token_at
             if usage is not None and decode_s > 0 and usage.completion_tokens > 1 and failure is None:
                 tokens_per_s = (usage.completion_tokens - 1) / decode_s
         if usage is not None and usage.prompt_tokens > 0:
             cached_share = usage.cached_prompt_tokens / usage.prompt_tokens
         self._stats.end(
-            self._candidate_id,
+            leg.candidate_id,
             now,
             ok=failure is None,
             seconds=seconds,
@@ -127,10 +153,23 @@ class RouterStream:
             cached_share=cached_share,
         )
 
+    def _finish_record(self) -> None:
+        self._done = True
+        record = self._record
+        record.latency_s = anyio.current_time() - self._call_started
+        record.usage = self._leg.upstream.usage
+        record.complete = True
+
+    def _finish(self, failure: ProviderError | None, *, outcome: str | None = None) -> None:
+        if self._done:
+            return
+        self._end_leg(failure, outcome=outcome)
+        self._finish_record()
+
     async def close(self) -> None:
         """Stop reading and release the connection now."""
         self._buffered.clear()
-        await self._upstream.aclose()
+        await self._leg.upstream.aclose()
         self._finish(None)
 
     aclose = close
@@ -142,3 +181,8 @@ class RouterStream:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _ends_or_counts(chunk: ChatCompletionChunk) -> bool:
+    """A chunk worth passing on even without text: a finish reason or the usage."""
+    return chunk.usage is not None or any(c.finish_reason is not None for c in chunk.choices)
