@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from policies import known_policies
 from providers import PROVIDERS
@@ -65,6 +65,23 @@ class StreamPolicy(_Strict):
     `buffer`: receive and check the whole answer before the caller sees any of it."""
     recover: Literal["none", "continue"] = "none"
     """`continue`: after a break, ask the next candidate that supports prefill to continue the answer."""
+
+
+class HedgePolicy(_Strict):
+    """Opt-in hedging: if no first token after the delay, send a duplicate to the next candidate."""
+
+    after_s: float | None = Field(None, gt=0)
+    """Fixed delay before the duplicate."""
+    after_percentile: float | None = Field(None, gt=0, lt=1)
+    """Delay = this percentile of the first candidate's recent TTFT (`after_s` until it has samples)."""
+    max_extra_fraction: float = Field(0.1, gt=0, le=1)
+    """Duplicates never exceed this share of calls."""
+
+    @model_validator(mode="after")
+    def _has_a_delay(self) -> HedgePolicy:
+        if self.after_s is None and self.after_percentile is None:
+            raise ValueError("hedge needs after_s, after_percentile, or both")
+        return self
 
 
 class TimeoutsOverride(_Strict):
@@ -180,6 +197,7 @@ class ModelConfig(_Strict):
     timeouts: TimeoutsOverride | None = None
     retry: RetryOverride | None = None
     streams: StreamPolicy | None = None
+    hedge: HedgePolicy | None = None
 
 
 class RouterConfig(_Strict):
@@ -193,6 +211,7 @@ class RouterConfig(_Strict):
     load_probes: LoadProbes = Field(default_factory=LoadProbes)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
     streams: StreamPolicy = Field(default_factory=StreamPolicy)
+    hedge: HedgePolicy | None = None
 
 
 def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:

@@ -33,7 +33,7 @@ from providers import (
     parse_rate_limits,
 )
 from router.circuit import Circuits
-from router.config import RetryPolicy, StreamPolicy
+from router.config import HedgePolicy, RetryPolicy, StreamPolicy
 from router.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
 from router.errors import no_candidates, to_caller_error
 from router.hints import RouteHints
@@ -113,6 +113,7 @@ class RequestPath:
         """The UTC time that prices are looked up for (DeepSeek's off-peak hours); replaceable in tests."""
         self._policies: dict[str, Policy] = {}
         self.circuits = Circuits(table.config.circuit)
+        self._hedges = _HedgeBudget()
 
     # 1. resolve -------------------------------------------------------------------------
 
@@ -321,7 +322,17 @@ class RequestPath:
         tried_any = False
         too_small: _ContextCeiling | None = None
         for route in tiers:
-            for deployment in self.rank(route, call):
+            ranked = self.rank(route, call)
+            if route.hedge is not None and len(ranked) > 1 and route is tiers[0]:
+                tried_any = True
+                try:
+                    served = await self._hedged(call, route, route.hedge, ranked[0], ranked[1], operation)
+                except ProviderError as failure:
+                    last = failure
+                    ranked = ranked[2:]
+                else:
+                    return served
+            for deployment in ranked:
                 tried_any = True
                 if call.attempts_left <= 0 or anyio.current_time() >= call.deadline:
                     break
@@ -351,6 +362,71 @@ class RequestPath:
                 raise no_candidates(call.record.requested_model, call.record.excluded, call.record)
             last = ProviderTimeout("the call's deadline passed before any attempt")
         raise self._give_up(call, last) from last
+
+    async def _hedged(
+        self,
+        call: Call,
+        route: ModelRoute,
+        hedge: HedgePolicy,
+        first: Deployment,
+        second: Deployment,
+        operation: Callable[[Deployment, dict[str, Any], Deadlines, Call], Awaitable[T]],
+    ) -> _Served[T]:
+        """Race the first candidate against a duplicate on the second, started only if the first has
+        produced no token after the hedge delay (or has failed); the first to answer wins, the other
+        is cancelled and its connection closed. Raises the last failure when both fail."""
+        self._hedges.earn(hedge.max_extra_fraction)
+        delay = hedge.after_s
+        if hedge.after_percentile is not None:
+            observed = self.stats.first_token_percentile(
+                first.candidate.id, stream=call.stream, percentile=hedge.after_percentile
+            )
+            delay = observed if observed is not None else delay
+        if delay is None:  # a percentile with no samples yet and no fixed delay: don't hedge
+            return await self._with_retries(first, route.retry, call, operation)
+        winner: list[_Served[T]] = []
+        failures: list[ProviderError] = []
+        first_failed = anyio.Event()
+
+        async def run(deployment: Deployment, scope: anyio.CancelScope, wait: bool) -> None:
+            if wait:
+                with anyio.move_on_after(delay):
+                    await first_failed.wait()
+                if winner or not (first_failed.is_set() or self._hedges.spend()):
+                    return
+                if not first_failed.is_set():
+                    call.record.hedged = True
+            try:
+                served = await self._attempt_once(deployment, call, operation)
+            except ProviderError as failure:
+                failures.append(failure)
+                if not wait:
+                    first_failed.set()
+                return
+            if winner:  # lost a photo finish: give back what it holds
+                await self._discard(served)
+                return
+            winner.append(served)
+            scope.cancel()
+
+        async with anyio.create_task_group() as race:
+            race.start_soon(run, first, race.cancel_scope, False)
+            race.start_soon(run, second, race.cancel_scope, True)
+        for attempt in call.record.attempts:
+            if attempt.outcome == "cancelled" and winner and attempt is not winner[0].attempt:
+                attempt.outcome = "hedge_lost"
+        if winner:
+            return winner[0]
+        raise failures[-1] if failures else ProviderTimeout("the hedged attempts were cancelled")
+
+    async def _discard(self, served: _Served[Any]) -> None:
+        """Release a successful attempt nobody will use (the loser of a hedge)."""
+        result = served.result
+        now = anyio.current_time()
+        if isinstance(result, _Opened):
+            await result.upstream.aclose()
+        self.stats.end(served.deployment.candidate.id, now, ok=True, seconds=now - served.started)
+        served.attempt.outcome = "hedge_lost"
 
     def _give_up(self, call: Call, failure: ProviderError) -> Exception:
         logger.warning("call failed: %s", call.record.summary())
@@ -484,6 +560,24 @@ class RequestPath:
             self.stats.observe_rate_limits(candidate_id, parse_rate_limits(failure.headers), now)
         if failure.kind is FailureKind.RATE_LIMITED and failure.retry_after is not None:
             self.stats.observe_retry_after(candidate_id, failure.retry_after, now)
+
+
+class _HedgeBudget:
+    """Keeps duplicates within a share of calls: each hedged call earns credit, each duplicate spends one."""
+
+    def __init__(self) -> None:
+        self._credit = 0.0
+
+    def earn(self, fraction: float) -> None:
+        """Every call that may hedge earns its share of a duplicate (banked up to a few)."""
+        self._credit = min(self._credit + fraction, 3.0)
+
+    def spend(self) -> bool:
+        """Spend one whole credit on a duplicate, if there is one."""
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
 
 
 @dataclass(slots=True)

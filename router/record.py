@@ -66,6 +66,8 @@ class RouteRecord:
     model: str | None = None
     fallback: str | None = None
     """The fallback alias that served, when the requested one could not."""
+    hedged: bool = False
+    """A duplicate request was sent to a second deployment because the first was slow to answer."""
     recovered_after_chars: int | None = None
     """A stream broke after this many characters and another deployment continued it."""
     attempts: list[Attempt] = field(default_factory=list)

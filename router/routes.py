@@ -15,6 +15,7 @@ from providers import PROVIDERS, OpenAICompatible
 from providers.load import LoadReporter
 from router.config import (
     Constraints,
+    HedgePolicy,
     RetryPolicy,
     RouterConfig,
     StreamPolicy,
@@ -66,6 +67,7 @@ class ModelRoute:
     retry: RetryPolicy
     constraints: Constraints
     streams: StreamPolicy
+    hedge: HedgePolicy | None = None
 
 
 class RouteTable:
@@ -123,6 +125,7 @@ class RouteTable:
                 merge_retry(config.retry, model.retry),
                 model.constraints,
                 model.streams or config.streams,
+                model.hedge or config.hedge,
             )
         self.by_model_id = {
             model_id: ModelRoute(
