@@ -74,6 +74,8 @@ class Call:
     deadline: float
     attempts_left: int
     streams: StreamPolicy
+    panic: bool = False
+    """Every circuit was open: each deployment is tried once anyway."""
     extra_headers: Mapping[str, str] | None = None
     extra_query: Mapping[str, Any] | None = None
 
@@ -152,8 +154,8 @@ class RequestPath:
             now + min(limits),
             first.retry.max_attempts,
             first.streams,
-            extra_headers,
-            extra_query,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
         )
         return call, tiers
 
@@ -174,9 +176,8 @@ class RequestPath:
         eligible: dict[str, Deployment] = {}
         for deployment in route.deployments:
             candidate = deployment.candidate_at(when)
-            reason = self.circuits.blocked(candidate.id, now) or exclusion_reason(
-                candidate, deployment.serves, call.facts, limits, view
-            )
+            blocked = None if call.panic else self.circuits.blocked(candidate.id, now)
+            reason = blocked or exclusion_reason(candidate, deployment.serves, call.facts, limits, view)
             if reason is None:
                 eligible.setdefault(candidate.id, deployment)
             else:
@@ -353,14 +354,25 @@ class RequestPath:
                     return served
         if last is None:
             if not tried_any:
-                if call.record.excluded and all(e.reason.startswith("circuit") for e in call.record.excluded):
-                    last = Overloaded(
-                        "every deployment's circuit is open: "
-                        + "; ".join(f"{e.candidate}: {e.reason}" for e in call.record.excluded)
+                circuit_only = all(e.reason.startswith("circuit") for e in call.record.excluded)
+                if call.record.excluded and circuit_only and not call.panic:
+                    # Every circuit is open. Rejecting every call would lose them all; like a load
+                    # balancer's panic mode, try each deployment once anyway (no retries).
+                    logger.info(
+                        "every circuit is open for %s: trying each deployment once", call.record.requested_model
                     )
-                    raise self._give_up(call, last) from None
+                    call.panic = True
+                    return await self._first_success(call, tiers, operation)
                 raise no_candidates(call.record.requested_model, call.record.excluded, call.record)
             last = ProviderTimeout("the call's deadline passed before any attempt")
+        skipped = {"circuit_open", "at_capacity"}
+        if (
+            not call.panic
+            and all(a.outcome in skipped for a in call.record.attempts)
+            and any(a.outcome == "circuit_open" for a in call.record.attempts)
+        ):  # circuits opened between ranking and sending: the same panic rule applies
+            call.panic = True
+            return await self._first_success(call, tiers, operation)
         raise self._give_up(call, last) from last
 
     async def _hedged(
@@ -457,7 +469,8 @@ class RequestPath:
 
         def out_of_budget(state: tenacity.RetryCallState) -> bool:
             return (
-                state.attempt_number >= retry.attempts_per_deployment
+                call.panic
+                or state.attempt_number >= retry.attempts_per_deployment
                 or call.attempts_left <= 0
                 or anyio.current_time() + state.upcoming_sleep >= call.deadline
             )
@@ -503,7 +516,7 @@ class RequestPath:
         except ProviderError as failure:
             _failed(attempt, failure, 0.0)
             raise
-        if not self.circuits.admit(candidate.id, started):
+        if not call.panic and not self.circuits.admit(candidate.id, started):
             shut = Overloaded(
                 f"{candidate.id}: {self.circuits.blocked(candidate.id, started)}; not sent", retryable=False
             )

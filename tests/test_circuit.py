@@ -120,15 +120,26 @@ async def test_a_dead_primary_is_skipped_then_used_again_within_one_cooldown(htt
 
 
 @pytest.mark.anyio
-async def test_every_circuit_open_is_an_overloaded_error(httpx2_mock: respx.Router) -> None:
-    httpx2_mock.post(A).mock(return_value=httpx.Response(503, json={"error": {"message": "down"}}))
-    httpx2_mock.post(B).mock(return_value=httpx.Response(503, json={"error": {"message": "down"}}))
-    async with AsyncRouter.from_config({**CONFIG, "circuit": {"failures": 1, "cooldown_s": 30}}) as router:
+async def test_with_every_circuit_open_each_deployment_is_tried_once_anyway(httpx2_mock: respx.Router) -> None:
+    """Panic mode: rejecting every call would lose them all, so each deployment gets one try, no retries."""
+    primary = httpx2_mock.post(A).mock(return_value=httpx.Response(503, json={"error": {"message": "down"}}))
+    backup = httpx2_mock.post(B).mock(return_value=httpx.Response(503, json={"error": {"message": "down"}}))
+    cfg = {
+        **CONFIG,
+        "retry": {"attempts_per_deployment": 3, "backoff_initial_s": 0.001},
+        "circuit": {"failures": 1, "cooldown_s": 30},
+    }
+    async with AsyncRouter.from_config(cfg) as router:
         with pytest.raises(openai.InternalServerError):
             await router.chat.completions.create(model="primary", messages=HI)
-        with pytest.raises(openai.InternalServerError, match="every deployment's circuit is open") as caught:
+        assert (primary.call_count, backup.call_count) == (1, 1)  # a 503 opens each circuit (failures: 1)
+        with pytest.raises(openai.InternalServerError) as caught:
             await router.chat.completions.create(model="primary", messages=HI)
-    assert caught.value.attempts == []  # type: ignore[attr-defined]
+        assert (primary.call_count, backup.call_count) == (2, 2)
+        backup.mock(return_value=httpx.Response(200, json=OK))
+        reply = await router.chat.completions.create(model="primary", messages=HI)
+    assert [a.outcome for a in caught.value.attempts] == ["overloaded", "overloaded"]  # type: ignore[attr-defined]
+    assert route_of(reply).backend == "b"
 
 
 def test_cli_health_probes_self_hosted_load(llama_pair: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
