@@ -136,16 +136,15 @@ class Exchange:
         hdrs = {"content-type": "application/json", "content-length": str(len(data)), **(headers or {})}
         await self.write(self.head(status, hdrs) + data)
 
+    async def start_body(self, status: int, headers: dict[str, str]) -> None:
+        """Status line and headers of a response whose body follows in chunks (`raw`, `end_body`)."""
+        self._chunked = True
+        await self.write(self.head(status, {**headers, "transfer-encoding": "chunked"}))
+
     async def start_sse(self, headers: dict[str, str] | None = None) -> None:
         """Status line and headers of a 200 event stream, body chunked."""
-        hdrs = {
-            "content-type": "text/event-stream; charset=utf-8",
-            "cache-control": "no-cache",
-            "transfer-encoding": "chunked",
-            **(headers or {}),
-        }
-        self._chunked = True
-        await self.write(self.head(200, hdrs))
+        hdrs = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", **(headers or {})}
+        await self.start_body(200, hdrs)
 
     async def raw(self, data: bytes) -> None:
         """Bytes of the (chunked) body, framed as one HTTP chunk."""
@@ -353,7 +352,9 @@ class CutAfter(Ok):
 @dataclass(frozen=True)
 class StallAfter(Ok):
     """Stream `n_tokens` tokens, go quiet for `seconds` (sending only `: keep-alive` comments every
-    `keepalive_every` s, if set), then finish normally. Not streamed: answer after `seconds`."""
+    `keepalive_every` s, if set), then finish normally. Not streamed: the headers at once, then
+    `seconds` of nothing (or of blank lines every `keepalive_every` s, as DeepSeek sends while a
+    request is queued), then the JSON body."""
 
     n_tokens: int = 2
     seconds: float = 10.0
@@ -365,8 +366,10 @@ class StallAfter(Ok):
         return True
 
     async def complete(self, x: Exchange, usage: dict[str, int]) -> None:
-        await x.sleep(self.seconds)
-        await super().complete(x, usage)
+        await x.start_body(200, {"content-type": "application/json"})
+        await _quiet(x, self.seconds, self.keepalive_every, b"\n")
+        await x.raw(json.dumps(x.completion(self.text, usage, self.finish_reason)).encode())
+        await x.end_body()
 
 
 @dataclass(frozen=True)
@@ -497,7 +500,10 @@ class RejectsPrefill(Behaviour):
             await self.then.serve(x)
 
 
-async def _quiet(x: Exchange, seconds: float, keepalive_every: float | None) -> None:
+async def _quiet(
+    x: Exchange, seconds: float, keepalive_every: float | None, keepalive: bytes = b": keep-alive\n\n"
+) -> None:
+    """Send nothing but `keepalive` (every `keepalive_every` s, if set) for `seconds`."""
     if not keepalive_every:
         await x.sleep(seconds)
         return
@@ -505,7 +511,7 @@ async def _quiet(x: Exchange, seconds: float, keepalive_every: float | None) -> 
     while (left := end - time.monotonic()) > 0:
         await asyncio.sleep(min(keepalive_every, left))
         if time.monotonic() < end:
-            await x.raw(b": keep-alive\n\n")
+            await x.raw(keepalive)
 
 
 # factories: the vocabulary tests use ------------------------------------------------------

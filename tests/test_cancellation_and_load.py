@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from router import AsyncRouter
-from tests.fault_server import FaultServer, Request, cut_after, ok, silent, slow_first_token, status
+from tests.fault_server import FaultServer, cut_after, ok, silent, status
 
 pytestmark = pytest.mark.anyio
 HI = [{"role": "user", "content": "hi"}]

@@ -36,6 +36,7 @@ from router import (
     ContentFilteredError,
     ContextLengthExceededError,
     OverloadedError,
+    RateLimitError,
     Router,
     StreamInterruptedError,
     route_of,
@@ -202,6 +203,24 @@ async def test_429_without_retry_after_is_retried_with_backoff_then_falls_over(s
     assert seen(route) == [("a", "rate_limited"), ("a", "rate_limited"), ("b", "ok")]
     assert all(a.retry_after_s is None for a in route.attempts)
     assert reply.choices[0].message.content == "from b"
+
+
+@pytest.mark.anyio
+async def test_every_candidate_rate_limited_raises_rate_limit_error_with_the_shortest_wait(
+    server: FaultServer,
+) -> None:
+    server.script("a", status(429, retry_after=120))
+    server.script("b", status(429, retry_after=60))
+    async with AsyncRouter.from_config(config(server)) as router:
+        started = time.perf_counter()
+        with pytest.raises(openai.RateLimitError) as caught:
+            await router.chat.completions.create(model="primary", messages=HI)
+        wall = time.perf_counter() - started
+    assert wall < SLACK
+    error = caught.value
+    assert isinstance(error, RateLimitError) and error.status_code == 429 and error.retry_after == 60
+    assert counts(server) == {"a": 1, "b": 1, "c": 0}
+    assert [(a.backend, a.outcome) for a in error.attempts] == [("a", "rate_limited"), ("b", "rate_limited")]
 
 
 # --- server errors --------------------------------------------------------------------------
@@ -451,6 +470,44 @@ async def test_stream_without_done_finishes_promptly_and_complete(server: FaultS
     assert route.usage is not None and (route.usage.prompt_tokens, route.usage.completion_tokens) == (9, 5)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("fault", ["cut", "malformed"])
+async def test_buffered_stream_breaking_mid_answer_falls_over_invisibly(server: FaultServer, fault: str) -> None:
+    server.script("a", cut_after(3, TEXT) if fault == "cut" else malformed_after(3, TEXT))
+    async with AsyncRouter.from_config(config(server, streams={"commit": "buffer"})) as router:
+        started = time.perf_counter()
+        stream = await router.chat.completions.create(model="primary", messages=HI, stream=True)
+        chunks: list[ChatCompletionChunk] = []
+        await collect(stream, chunks)
+        wall = time.perf_counter() - started
+    assert wall < SLACK
+    assert text_of(chunks) == "from b", "the caller saw none of a's partial answer"
+    assert counts(server) == {"a": 2, "b": 1, "c": 0}  # a break before the commit is retried once, then falls over
+    route = route_of(stream)
+    assert seen(route) == [("a", "stream_broken"), ("a", "stream_broken"), ("b", "ok")]
+    assert route.fallback == "backup" and route.complete
+
+
+@pytest.mark.anyio
+async def test_adaptive_first_token_deadline_abandons_a_fast_backend_gone_quiet(server: FaultServer) -> None:
+    warm_up = 10  # the router adapts once it has 8 samples
+    server.script("a", [*[ok("from a")] * warm_up, silent()])
+    adaptive = {"first_token_s": 2.0, "adaptive_floor_s": 0.1, "adaptive_factor": 3.0}
+    async with AsyncRouter.from_config(config(server, timeouts=adaptive)) as router:
+        for _ in range(warm_up):  # a answers in a few ms: its deadline adapts down to the floor
+            warm = await router.chat.completions.create(model="primary", messages=HI, stream=True)
+            await collect(warm, [])  # a stream's TTFT is recorded when it ends
+        started = time.perf_counter()
+        stream = await router.chat.completions.create(model="primary", messages=HI, stream=True)
+        chunks: list[ChatCompletionChunk] = []
+        await collect(stream, chunks)
+        wall = time.perf_counter() - started
+    assert 0.1 <= wall < 0.1 + SLACK, "the configured 2 s first-token deadline was used"
+    assert text_of(chunks) == "from b"
+    assert counts(server) == {"a": warm_up + 1, "b": 1, "c": 0}
+    assert seen(route_of(stream)) == [("a", "timeout"), ("b", "ok")]
+
+
 # --- requests no backend can serve --------------------------------------------------------
 
 
@@ -458,18 +515,26 @@ async def test_stream_without_done_finishes_promptly_and_complete(server: FaultS
 async def test_context_length_400_is_not_retried_on_the_same_deployment(server: FaultServer) -> None:
     server.script("a", context_400())
     server.script("b", context_400())
-    async with AsyncRouter.from_config(config(server)) as router:
+    models = {
+        "primary": {
+            "deployments": [{"backend": "a", "model": "m1"}, {"backend": "c", "model": "m1"}],
+            "fallbacks": ["backup"],
+        },
+        "backup": {"deployments": [{"backend": "b", "model": "m2"}]},
+    }
+    async with AsyncRouter.from_config(config(server, models=models)) as router:
         started = time.perf_counter()
         with pytest.raises(openai.BadRequestError) as caught:
             await router.chat.completions.create(model="primary", messages=HI)
         wall = time.perf_counter() - started
     assert wall < SLACK
-    assert isinstance(caught.value, ContextLengthExceededError) and caught.value.status_code == 400
+    error = caught.value
+    assert isinstance(error, ContextLengthExceededError) and error.status_code == 400
+    # a once (no retry), c not at all (the same model: the same window), b (another model) once
     assert counts(server) == {"a": 1, "b": 1, "c": 0}
-    assert [(a.backend, a.outcome) for a in caught.value.attempts] == [
-        ("a", "context_too_long"),
-        ("b", "context_too_long"),
-    ]
+    assert [(a.backend, a.outcome) for a in error.attempts] == [("a", "context_too_long"), ("b", "context_too_long")]
+    assert error.route is not None
+    assert any(e.candidate == "c/m1" and "context window" in e.reason for e in error.route.excluded)
 
 
 @pytest.mark.anyio
