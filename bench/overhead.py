@@ -54,9 +54,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-if str(ROOT) not in sys.path:
-    sys.path.insert(1, str(ROOT))
+# `python bench/x.py` puts bench/ first on sys.path, where bench/policies.py would shadow the
+# `policies` package: the repo root goes first, bench/ last (for its helper modules).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (HERE, ROOT)] + [str(HERE)]
 
 import fake_server  # noqa: E402  (bench/fake_server.py)
 
@@ -106,8 +106,7 @@ class RawHttpx2(Client):
             limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
             timeout=httpx2.Timeout(None, connect=5.0),
         )
-        self._headers = {"content-type": "application/json", "accept": "application/json",
-                         "authorization": "Bearer x"}
+        self._headers = {"content-type": "application/json", "accept": "application/json", "authorization": "Bearer x"}
         self._stream_headers = {**self._headers, "accept": "text/event-stream"}
 
     def _body(self, stream: bool) -> bytes:
@@ -163,8 +162,11 @@ class _SDKLike(Client):
 
     async def stream(self) -> None:
         stream = await self._create(
-            model=self._model, messages=MESSAGES, max_tokens=MAX_TOKENS,
-            stream=True, stream_options={"include_usage": True},
+            model=self._model,
+            messages=MESSAGES,
+            max_tokens=MAX_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         try:
             async for _chunk in stream:
@@ -178,8 +180,11 @@ class _SDKLike(Client):
             return str(reply.choices[0].message.content)
         text = []
         chunks = await self._create(
-            model=self._model, messages=MESSAGES, max_tokens=MAX_TOKENS,
-            stream=True, stream_options={"include_usage": True},
+            model=self._model,
+            messages=MESSAGES,
+            max_tokens=MAX_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         usage = None
         async for chunk in chunks:
@@ -212,13 +217,15 @@ class RouterClient(_SDKLike):
         from router.client import AsyncRouter
 
         names = "abc"
-        self._client = AsyncRouter.from_config({
-            "backends": {
-                n: {"provider": "openai", "base_url": url, "api_key": "x"}
-                for n, url in zip(names, base_urls, strict=False)
-            },
-            "models": {ALIAS: {"deployments": [{"backend": n, "model": MODEL} for n in names[: len(base_urls)]]}},
-        })
+        self._client = AsyncRouter.from_config(
+            {
+                "backends": {
+                    n: {"provider": "openai", "base_url": url, "api_key": "x"}
+                    for n, url in zip(names, base_urls, strict=False)
+                },
+                "models": {ALIAS: {"deployments": [{"backend": n, "model": MODEL} for n in names[: len(base_urls)]]}},
+            }
+        )
         self._create = self._client.chat.completions.create
         self._model = ALIAS
 
@@ -366,8 +373,16 @@ class _Run:
 
 
 async def measure_group(
-    names: list[str], base_urls: list[str], port: int, mode: str, concurrency: int, requests: int,
-    warmup: int, slices: int, meter: CpuMeter, round_: int,
+    names: list[str],
+    base_urls: list[str],
+    port: int,
+    mode: str,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+    slices: int,
+    meter: CpuMeter,
+    round_: int,
 ) -> dict[str, tuple[float, float, float, int, int, dict[str, float] | None]]:
     """Time every client on one (mode, concurrency), interleaved.
 
@@ -409,8 +424,14 @@ async def measure_group(
     out = {}
     for name, run in runs.items():
         run.latencies.sort()
-        out[name] = (len(run.latencies) / run.wall, percentile(run.latencies, 50), percentile(run.latencies, 99),
-                     run.errors, run.opened, meter.cores(run.cpu))
+        out[name] = (
+            len(run.latencies) / run.wall,
+            percentile(run.latencies, 50),
+            percentile(run.latencies, 99),
+            run.errors,
+            run.opened,
+            meter.cores(run.cpu),
+        )
     return out
 
 
@@ -430,7 +451,10 @@ def import_time(stmt: str, runs: int = 5) -> float:
     for _ in range(runs):
         out = subprocess.run(
             [sys.executable, "-c", _IMPORT_SNIPPET.format(stmt=stmt)],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         samples.append(float(out))
     return statistics.median(samples)
@@ -448,16 +472,31 @@ def report(cells: dict[tuple[str, int, str], Cell], imports: dict[str, float], a
     from rich.table import Table
 
     console = Console(width=150)
-    table = Table(title=f"Client overhead: {args.requests} timed requests per cell, clients interleaved in "
-                        f"{args.slices} slices{f', median of {args.rounds} rounds' if args.rounds > 1 else ''}",
-                  title_justify="left", caption="÷raw: ratio to raw httpx2 in this run (req/s: higher is better; "
-                  "latency: lower is better). new conn: connections opened while timed (0 = keep-alive reused). "
-                  "client cpu/req: the client process's CPU time per request. "
-                  "other cpu: cores used by other processes meanwhile.", caption_justify="left")
-    for col, justify in [("mode", "left"), ("conc", "right"), ("client", "left"), ("req/s", "right"),
-                         ("p50 ms", "right"), ("p99 ms", "right"), ("req/s ÷raw", "right"),
-                         ("p50 ÷raw", "right"), ("p99 ÷raw", "right"), ("new conn", "right"),
-                         ("client cpu/req", "right"), ("other cpu", "right"), ("err", "right")]:
+    table = Table(
+        title=f"Client overhead: {args.requests} timed requests per cell, clients interleaved in "
+        f"{args.slices} slices{f', median of {args.rounds} rounds' if args.rounds > 1 else ''}",
+        title_justify="left",
+        caption="÷raw: ratio to raw httpx2 in this run (req/s: higher is better; "
+        "latency: lower is better). new conn: connections opened while timed (0 = keep-alive reused). "
+        "client cpu/req: the client process's CPU time per request. "
+        "other cpu: cores used by other processes meanwhile.",
+        caption_justify="left",
+    )
+    for col, justify in [
+        ("mode", "left"),
+        ("conc", "right"),
+        ("client", "left"),
+        ("req/s", "right"),
+        ("p50 ms", "right"),
+        ("p99 ms", "right"),
+        ("req/s ÷raw", "right"),
+        ("p50 ÷raw", "right"),
+        ("p99 ÷raw", "right"),
+        ("new conn", "right"),
+        ("client cpu/req", "right"),
+        ("other cpu", "right"),
+        ("err", "right"),
+    ]:
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for mode in args.modes:
         for conc in args.concurrency:
@@ -467,15 +506,27 @@ def report(cells: dict[tuple[str, int, str], Cell], imports: dict[str, float], a
                 if cell is None:
                     continue
                 if raw is not None:
-                    ratios = [_fmt_ratio(cell.rps_m / raw.rps_m), _fmt_ratio(cell.p50_m / raw.p50_m),
-                              _fmt_ratio(cell.p99_m / raw.p99_m)]
+                    ratios = [
+                        _fmt_ratio(cell.rps_m / raw.rps_m),
+                        _fmt_ratio(cell.p50_m / raw.p50_m),
+                        _fmt_ratio(cell.p99_m / raw.p99_m),
+                    ]
                 else:
                     ratios = ["-", "-", "-"]
-                table.add_row(mode, str(conc), name, f"{cell.rps_m:,.0f}", f"{cell.p50_m * 1e3:.2f}",
-                              f"{cell.p99_m * 1e3:.2f}", *ratios, str(max(cell.new_connections)),
-                              f"{cell.cpu_ms_m:.2f} ms" if cell.cpu else "-",
-                              f"{max(c['other'] for c in cell.cpu):.2f}" if cell.cpu else "-", str(cell.errors),
-                              end_section=name == args.clients[-1])
+                table.add_row(
+                    mode,
+                    str(conc),
+                    name,
+                    f"{cell.rps_m:,.0f}",
+                    f"{cell.p50_m * 1e3:.2f}",
+                    f"{cell.p99_m * 1e3:.2f}",
+                    *ratios,
+                    str(max(cell.new_connections)),
+                    f"{cell.cpu_ms_m:.2f} ms" if cell.cpu else "-",
+                    f"{max(c['other'] for c in cell.cpu):.2f}" if cell.cpu else "-",
+                    str(cell.errors),
+                    end_section=name == args.clients[-1],
+                )
     console.print(table)
 
     lines = ["", "Summary (ratios are throughput unless marked; latency ratios > 1 are slower):"]
@@ -491,8 +542,10 @@ def report(cells: dict[tuple[str, int, str], Cell], imports: dict[str, float], a
                 parts.append(f"router/raw {rt.rps_m / raw.rps_m:.2f}")
             if oa and rt:
                 cpu = f", client cpu/req {rt.cpu_ms_m / oa.cpu_ms_m:.2f}" if rt.cpu and oa.cpu else ""
-                parts.append(f"router/openai {rt.rps_m / oa.rps_m:.2f} (p50 {rt.p50_m / oa.p50_m:.2f}, "
-                             f"p99 {rt.p99_m / oa.p99_m:.2f}{cpu})")
+                parts.append(
+                    f"router/openai {rt.rps_m / oa.rps_m:.2f} (p50 {rt.p50_m / oa.p50_m:.2f}, "
+                    f"p99 {rt.p99_m / oa.p99_m:.2f}{cpu})"
+                )
             if parts:
                 lines.append(f"  {mode:<10} c={conc:<3} " + "; ".join(parts))
 
@@ -513,8 +566,10 @@ def report(cells: dict[tuple[str, int, str], Cell], imports: dict[str, float], a
         ratio = rt.rps_m / oa.rps_m
         met = ratio >= factor
         all_met &= met
-        lines.append(f"  router >= {factor}x openai req/s, {mode:<10} c=64: {ratio:.2f}x "
-                     f"({rt.rps_m:,.0f} vs {oa.rps_m:,.0f} req/s)  {'MET' if met else 'MISSED'}")
+        lines.append(
+            f"  router >= {factor}x openai req/s, {mode:<10} c=64: {ratio:.2f}x "
+            f"({rt.rps_m:,.0f} vs {oa.rps_m:,.0f} req/s)  {'MET' if met else 'MISSED'}"
+        )
     if "import router" in imports:
         met = imports["import router"] < 0.3
         all_met &= met
@@ -522,13 +577,17 @@ def report(cells: dict[tuple[str, int, str], Cell], imports: dict[str, float], a
     lines.append(f"  all targets met: {'yes' if all_met else 'NO'}")
     busy = [c for c in cells.values() if c.cpu and max(u["other"] for u in c.cpu) > 0.15]
     if busy:
-        lines.append(f"  ! other processes used > 0.15 cores during {len(busy)} cell(s) ('other cpu' column, in "
-                     f"cores): those numbers are noisy; rerun on an idle machine"
-                     f"{'' if args.rounds >= 3 else ' or with --rounds 3'}")
+        lines.append(
+            f"  ! other processes used > 0.15 cores during {len(busy)} cell(s) ('other cpu' column, in "
+            f"cores): those numbers are noisy; rerun on an idle machine"
+            f"{'' if args.rounds >= 3 else ' or with --rounds 3'}"
+        )
     churn = [c for c in cells.values() if max(c.new_connections) >= args.requests // 2]
     for c in churn:
-        lines.append(f"  ! {c.client} {c.mode} c={c.concurrency} opened {max(c.new_connections)} new connections "
-                     f"for {args.requests} requests after warm-up: it does not reuse keep-alive connections")
+        lines.append(
+            f"  ! {c.client} {c.mode} c={c.concurrency} opened {max(c.new_connections)} new connections "
+            f"for {args.requests} requests after warm-up: it does not reuse keep-alive connections"
+        )
     errors = sum(c.errors for c in cells.values())
     if errors:
         lines.append(f"  ! {errors} failed requests (excluded from latencies; see stderr)")
@@ -544,14 +603,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per cell (default 2000)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 requests per cell, 1 import sample")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every cell, report medians (default 1)")
-    parser.add_argument("--slices", type=int, default=4,
-                        help="the clients take turns in this many slices of each cell (default 4)")
+    parser.add_argument(
+        "--slices", type=int, default=4, help="the clients take turns in this many slices of each cell (default 4)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed requests per cell first (default 200)")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
-    parser.add_argument("--clients", type=lambda s: [c.strip() for c in s.split(",")], default=list(CLIENTS),
-                        help=f"comma-separated subset of: {', '.join(CLIENTS)}")
-    parser.add_argument("--modes", type=lambda s: [m.strip() for m in s.split(",")], default=list(MODES),
-                        help=f"comma-separated subset of: {', '.join(MODES)}")
+    parser.add_argument(
+        "--clients",
+        type=lambda s: [c.strip() for c in s.split(",")],
+        default=list(CLIENTS),
+        help=f"comma-separated subset of: {', '.join(CLIENTS)}",
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda s: [m.strip() for m in s.split(",")],
+        default=list(MODES),
+        help=f"comma-separated subset of: {', '.join(MODES)}",
+    )
     parser.add_argument("--pin", action="store_true", help="pin client to core 0 and server to core 1")
     parser.add_argument("--no-imports", action="store_true", help="skip the import-time measurements")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -576,10 +644,14 @@ def main(argv: list[str] | None = None) -> int:
     import openai
 
     pinned = args.pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
-          f"openai {openai.__version__}, httpx2 {httpx2.__version__}; asyncio event loop")
-    print("client and server run in separate processes and "
-          + ("are pinned to cores 0 and 1." if pinned else "compete for the same cores."))
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
+        f"openai {openai.__version__}, httpx2 {httpx2.__version__}; asyncio event loop"
+    )
+    print(
+        "client and server run in separate processes and "
+        + ("are pinned to cores 0 and 1." if pinned else "compete for the same cores.")
+    )
 
     imports: dict[str, float] = {}
     if not args.no_imports:
@@ -599,8 +671,18 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.rounds):
                 for mode in args.modes:
                     for conc in args.concurrency:
-                        results = await measure_group(args.clients, base_urls, ports[0], mode, conc,
-                                                      args.requests, args.warmup, args.slices, meter, round_)
+                        results = await measure_group(
+                            args.clients,
+                            base_urls,
+                            ports[0],
+                            mode,
+                            conc,
+                            args.requests,
+                            args.warmup,
+                            args.slices,
+                            meter,
+                            round_,
+                        )
                         for name, (rps, p50, p99, errors, opened, cpu) in results.items():
                             cell = cells.setdefault((mode, conc, name), Cell(mode, conc, name))
                             cell.rps.append(rps)
@@ -610,25 +692,52 @@ def main(argv: list[str] | None = None) -> int:
                             cell.new_connections.append(opened)
                             if cpu is not None:
                                 cell.cpu.append(cpu)
-                            used = "" if cpu is None else (
-                                f"  cores: client {cpu['client']:.2f} server {cpu['server']:.2f} "
-                                f"other {cpu['other']:.2f}")
-                            print(f"  [{round_ + 1}/{args.rounds}] {mode:<10} c={conc:<3} {name:<10} "
-                                  f"{rps:8,.0f} req/s  p50 {p50 * 1e3:6.2f} ms  p99 {p99 * 1e3:6.2f} ms  "
-                                  f"new conns {opened}{used}", file=sys.stderr, flush=True)
+                            used = (
+                                ""
+                                if cpu is None
+                                else (
+                                    f"  cores: client {cpu['client']:.2f} server {cpu['server']:.2f} "
+                                    f"other {cpu['other']:.2f}"
+                                )
+                            )
+                            print(
+                                f"  [{round_ + 1}/{args.rounds}] {mode:<10} c={conc:<3} {name:<10} "
+                                f"{rps:8,.0f} req/s  p50 {p50 * 1e3:6.2f} ms  p99 {p99 * 1e3:6.2f} ms  "
+                                f"new conns {opened}{used}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
 
         asyncio.run(run_all())
 
     all_met = report(cells, imports, args)
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "requests": args.requests, "rounds": args.rounds, "pinned": pinned,
-            "cells": [{"mode": c.mode, "concurrency": c.concurrency, "client": c.client, "rps": c.rps,
-                       "p50_s": c.p50, "p99_s": c.p99, "errors": c.errors,
-                       "new_connections": c.new_connections, "cores": c.cpu}
-                      for c in cells.values()],
-            "imports_s": imports, "targets_met": all_met,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "requests": args.requests,
+                    "rounds": args.rounds,
+                    "pinned": pinned,
+                    "cells": [
+                        {
+                            "mode": c.mode,
+                            "concurrency": c.concurrency,
+                            "client": c.client,
+                            "rps": c.rps,
+                            "p50_s": c.p50,
+                            "p99_s": c.p99,
+                            "errors": c.errors,
+                            "new_connections": c.new_connections,
+                            "cores": c.cpu,
+                        }
+                        for c in cells.values()
+                    ],
+                    "imports_s": imports,
+                    "targets_met": all_met,
+                },
+                indent=2,
+            )
+        )
     return 1 if args.check and not all_met else 0
 
 

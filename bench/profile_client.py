@@ -19,10 +19,14 @@ import pstats
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# `python bench/x.py` puts bench/ first on sys.path, where bench/policies.py would shadow the
+# `policies` package: the repo root goes first, bench/ last (for its helper modules).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (HERE, ROOT)] + [str(HERE)]
 
-import fake_server
-import overhead
+import fake_server  # noqa: E402  (bench/ is on the path only now)
+import overhead  # noqa: E402
 
 OURS = ("/router/", "/providers/", "/policies/")
 
@@ -51,8 +55,10 @@ def main() -> int:
                 profiler.disable()
             finally:
                 await client.aclose()
-            print(f"{args.client} {args.mode} c={args.concurrency}: {len(latencies) / wall:,.0f} req/s under "
-                  f"cProfile, {errors} errors")
+            print(
+                f"{args.client} {args.mode} c={args.concurrency}: {len(latencies) / wall:,.0f} req/s under "
+                f"cProfile, {errors} errors"
+            )
 
         asyncio.run(run())
 

@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
-from policies import Candidate, DeploymentStats, Price, RequestProfile, get_policy
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# `python bench/x.py` puts bench/ first on sys.path, where bench/policies.py would shadow the
+# `policies` package: the repo root goes first, bench/ last (for its helper modules).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (HERE, ROOT)] + [str(HERE)]
+
+
+from policies import Candidate, DeploymentStats, Price, RequestProfile, get_policy  # noqa: E402
 
 NAMES = ["ordered", "weighted", "cheapest", "fastest", "least-loaded"]
 TARGET_US = 20.0
