@@ -35,8 +35,22 @@ MODEL = "m"
 CREATED = 1_700_000_000
 COMPLETION_ID = "chatcmpl-bench0000000000000000000000"
 WORDS = [
-    "The", " quick", " brown", " fox", " jumps", " over", " the", " lazy",
-    " dog", " while", " the", " router", " keeps", " its", " overhead", " small.",
+    "The",
+    " quick",
+    " brown",
+    " fox",
+    " jumps",
+    " over",
+    " the",
+    " lazy",
+    " dog",
+    " while",
+    " the",
+    " router",
+    " keeps",
+    " its",
+    " overhead",
+    " small.",
 ]
 TEXT = "".join(WORDS)
 USAGE = {
@@ -44,8 +58,12 @@ USAGE = {
     "completion_tokens": len(WORDS),
     "total_tokens": 12 + len(WORDS),
     "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                  "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 0,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
 }
 
 
@@ -55,21 +73,25 @@ def _dumps(obj: object) -> bytes:
 
 def completion_json() -> bytes:
     """The fixed non-streamed reply body."""
-    return _dumps({
-        "id": COMPLETION_ID,
-        "object": "chat.completion",
-        "created": CREATED,
-        "model": MODEL,
-        "system_fingerprint": "fp_bench",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": TEXT, "refusal": None, "annotations": []},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
-        "usage": USAGE,
-        "service_tier": "default",
-    })
+    return _dumps(
+        {
+            "id": COMPLETION_ID,
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": MODEL,
+            "system_fingerprint": "fp_bench",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": TEXT, "refusal": None, "annotations": []},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": USAGE,
+            "service_tier": "default",
+        }
+    )
 
 
 def sse_events(include_usage: bool) -> list[bytes]:
@@ -116,16 +138,24 @@ _COMMON = b"server: fake-openai\r\nx-request-id: req_bench\r\nopenai-processing-
 
 def _plain(status: bytes, body: bytes, content_type: bytes = b"application/json") -> bytes:
     return (
-        b"HTTP/1.1 " + status + b"\r\n" + _COMMON
-        + b"content-type: " + content_type + b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+        b"HTTP/1.1 "
+        + status
+        + b"\r\n"
+        + _COMMON
+        + b"content-type: "
+        + content_type
+        + b"\r\ncontent-length: %d\r\n\r\n" % len(body)
+        + body
     )
 
 
 def _sse(include_usage: bool) -> bytes:
     return (
-        b"HTTP/1.1 200 OK\r\n" + _COMMON
+        b"HTTP/1.1 200 OK\r\n"
+        + _COMMON
         + b"content-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n"
-        + b"transfer-encoding: chunked\r\n\r\n" + _chunked(sse_events(include_usage))
+        + b"transfer-encoding: chunked\r\n\r\n"
+        + _chunked(sse_events(include_usage))
     )
 
 

@@ -387,7 +387,7 @@ class RequestPath:
         """Race the first candidate against a duplicate on the second, started only if the first has
         produced no token after the hedge delay (or has failed); the first to answer wins, the other
         is cancelled and its connection closed. Raises the last failure when both fail."""
-        self._hedges.earn(hedge.max_extra_fraction)
+        self._hedges.earn()
         delay = hedge.after_s
         if hedge.after_percentile is not None:
             observed = self.stats.first_token_percentile(
@@ -404,7 +404,7 @@ class RequestPath:
             if wait:
                 with anyio.move_on_after(delay):
                     await first_failed.wait()
-                if winner or not (first_failed.is_set() or self._hedges.spend()):
+                if winner or not (first_failed.is_set() or self._hedges.spend(hedge.max_extra_fraction)):
                     return
                 if not first_failed.is_set():
                     call.record.hedged = True
@@ -576,19 +576,25 @@ class RequestPath:
 
 
 class _HedgeBudget:
-    """Keeps duplicates within a share of calls: each hedged call earns credit, each duplicate spends one."""
+    """Keeps duplicates within a share of calls, over a decaying window of recent calls (about
+    `1 / (1 - _DECAY)` of them), so a burst of slow calls can be hedged as long as the recent
+    average stays within the share."""
+
+    _DECAY = 0.999
 
     def __init__(self) -> None:
-        self._credit = 0.0
+        self._calls = 0.0
+        self._hedges = 0.0
 
-    def earn(self, fraction: float) -> None:
-        """Every call that may hedge earns its share of a duplicate (banked up to a few)."""
-        self._credit = min(self._credit + fraction, 3.0)
+    def earn(self) -> None:
+        """A call that may hedge."""
+        self._calls = self._calls * self._DECAY + 1.0
+        self._hedges *= self._DECAY
 
-    def spend(self) -> bool:
-        """Spend one whole credit on a duplicate, if there is one."""
-        if self._credit >= 1.0:
-            self._credit -= 1.0
+    def spend(self, fraction: float) -> bool:
+        """Allow one duplicate if that keeps duplicates ÷ calls within `fraction`."""
+        if self._hedges + 1.0 <= fraction * self._calls:
+            self._hedges += 1.0
             return True
         return False
 

@@ -80,7 +80,7 @@ async def test_duplicates_stay_within_the_budgeted_fraction(httpx2_mock: respx.R
     async with AsyncRouter.from_config(config(after_s=0.01, max_extra_fraction=0.2)) as router:
         records = [route_of(await router.chat.completions.create(model="m", messages=HI)) for _ in range(20)]
     hedged = sum(r.hedged for r in records)
-    assert hedged == 4 and seen["fast"] == 4  # 20 calls × 0.2
+    assert 3 <= hedged <= 4 and seen["fast"] == hedged  # within 20 calls × 0.2
     assert seen["slow"] == 20
 
 
