@@ -24,6 +24,7 @@ from anyio.from_thread import BlockingPortal
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from pydantic import BaseModel
 
+from router.cache import ResponseCache
 from router.config import RouterConfig, load_config
 from router.health import DeploymentHealth, health_report
 from router.hints import RouteHints
@@ -179,7 +180,10 @@ class AsyncRouter:
             timeout=httpx2.Timeout(None, connect=5.0),
         )
         self.stats = MemoryStats()
-        self._path = RequestPath(RouteTable(config), self._client, self.stats, random.Random(seed))
+        self.cache = ResponseCache(config.cache) if config.cache is not None else None
+        """The response cache (None unless `cache:` is configured); `cache.explain(...)` says how a
+        request is keyed and whether it may be cached."""
+        self._path = RequestPath(RouteTable(config), self._client, self.stats, random.Random(seed), cache=self.cache)
         self._background: anyio.abc.TaskGroup | None = None
         self.chat = AsyncChat(self)
 
@@ -258,6 +262,8 @@ class AsyncRouter:
             background, self._background = self._background, None
             background.cancel_scope.cancel()
             await background.__aexit__(None, None, None)
+        if self.cache is not None:
+            await self.cache.aclose()
         if self._owns_client:
             await self._client.aclose()
 

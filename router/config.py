@@ -179,6 +179,33 @@ class CircuitConfig(_Strict):
     max_cooldown_s: float = Field(120.0, gt=0)
 
 
+class CacheConfig(_Strict):
+    """The response cache (`router/cache/`): where, how long, and which requests."""
+
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    ttl_s: float = Field(3600.0, gt=0)
+    path: str | None = None
+    """The SQLite file (backend `sqlite`)."""
+    url: str | None = None
+    """The Redis URL (backend `redis`), e.g. `redis://127.0.0.1:6379/0`."""
+    namespace: str = ""
+    """Separates tenants sharing one store."""
+    max_entries: int = Field(10_000, ge=1)
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    cacheable: Literal["deterministic", "all"] = "deterministic"
+    """`deterministic`: only requests with `temperature: 0` or a `seed`; `all`: every request."""
+    lock_wait_s: float = Field(30.0, gt=0)
+    """How long identical concurrent requests wait for the one upstream call (single-flight)."""
+
+
+class CacheOverride(_Strict):
+    """An alias's cache settings, over the router's."""
+
+    enabled: bool = True
+    ttl_s: float | None = Field(None, gt=0)
+    cacheable: Literal["deterministic", "all"] | None = None
+
+
 class LoadProbes(_Strict):
     """Background polling of vLLM and llama.cpp load endpoints while the router is open."""
 
@@ -198,6 +225,7 @@ class ModelConfig(_Strict):
     retry: RetryOverride | None = None
     streams: StreamPolicy | None = None
     hedge: HedgePolicy | None = None
+    cache: CacheOverride | None = None
 
 
 class RouterConfig(_Strict):
@@ -212,6 +240,8 @@ class RouterConfig(_Strict):
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
     streams: StreamPolicy = Field(default_factory=StreamPolicy)
     hedge: HedgePolicy | None = None
+    cache: CacheConfig | None = None
+    """Off unless given."""
 
 
 def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:

@@ -94,6 +94,10 @@ class StreamInterruptedError(RouterErrorMixin, openai.APIError):
     usage: Usage | None = None
 
 
+class CacheMissError(RouterErrorMixin, openai.APIStatusError):
+    """`route={"cache": "only-if-cached"}` and the answer is not in the cache (HTTP 504, as in HTTP caching)."""
+
+
 class NoCandidatesError(BadRequestError):
     """Every deployment was excluded before any was tried (e.g. by `route={"exclude": …}`)."""
 
@@ -205,6 +209,13 @@ def unknown_model(model: str, aliases: list[str]) -> UnknownModelError:
     message = f"model {model!r} is not configured; known models: {', '.join(sorted(aliases)) or 'none'}"
     error = status_error(UnknownModelError, message, 404, body={"message": message, "code": "model_not_found"})
     return _attach(error, [], None)  # type: ignore[no-any-return]
+
+
+def cache_miss(model: str, route: RouteRecord) -> CacheMissError:
+    """Raised for `only-if-cached` when the answer isn't cached."""
+    message = f"{model!r}: the answer is not in the cache (route cache: only-if-cached)"
+    error = status_error(CacheMissError, message, 504, body={"message": message})
+    return _attach(error, [], route)  # type: ignore[no-any-return]
 
 
 def no_candidates(model: str, excluded: list[Exclusion], route: RouteRecord) -> NoCandidatesError:

@@ -35,6 +35,10 @@ class RouteHints(BaseModel):
     require: tuple[Literal["tools", "json_schema", "stream"], ...] = ()
     """Capabilities a deployment must have beyond what the request itself uses."""
     cache: Literal["default", "no-store", "refresh", "only-if-cached"] = "default"
+    """`no-store`: neither read nor write the cache; `refresh`: skip the lookup, store the answer;
+    `only-if-cached`: answer from the cache or fail with `CacheMissError`."""
+    cache_ttl_s: float | None = Field(None, gt=0)
+    """Keep this call's answer for this long instead of the configured TTL."""
     tags: tuple[str, ...] = ()
 
     @field_validator("policy")

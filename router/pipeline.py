@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -30,17 +31,19 @@ from providers import (
     Overloaded,
     ProviderError,
     ProviderTimeout,
+    Usage,
     parse_rate_limits,
 )
+from router.cache import Entry, Plan, ResponseCache
 from router.circuit import Circuits
 from router.config import HedgePolicy, RetryPolicy, StreamPolicy
 from router.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
-from router.errors import no_candidates, to_caller_error
+from router.errors import cache_miss, no_candidates, to_caller_error
 from router.hints import RouteHints
 from router.record import Attempt, RankedCandidate, RouteRecord, attach_route
 from router.routes import Deployment, ModelRoute, RouteTable
 from router.stats import StatsStore
-from router.streaming import Leg, RouterStream
+from router.streaming import Leg, OnFinish, Replay, RouterStream
 
 T = TypeVar("T")
 logger = logging.getLogger("router")
@@ -106,6 +109,7 @@ class RequestPath:
         rng: random.Random,
         *,
         wall_clock: Callable[[], datetime] | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.table = table
         self.client = client
@@ -116,6 +120,7 @@ class RequestPath:
         self._policies: dict[str, Policy] = {}
         self.circuits = Circuits(table.config.circuit)
         self._hedges = _HedgeBudget()
+        self.cache = cache
 
     # 1. resolve -------------------------------------------------------------------------
 
@@ -159,7 +164,44 @@ class RequestPath:
         )
         return call, tiers
 
-    # 2. cache: the response-cache issue slots in here, keyed on the resolved candidate set.
+    # 2. cache ----------------------------------------------------------------------------
+
+    def cache_plan(self, call: Call, tiers: list[ModelRoute]) -> Plan | None:
+        """Whether and how this call uses the cache; its key covers the candidate set the hints leave."""
+        if self.cache is None:
+            return None
+        hints = call.hints
+        candidates = [
+            d.candidate.id
+            for route in tiers
+            for d in route.deployments
+            if not (hints.only and not names_match(d.candidate, hints.only))
+            and not (hints.exclude and names_match(d.candidate, hints.exclude))
+        ]
+        return self.cache.plan(candidates, call.body, mode=hints.cache, ttl_s=hints.cache_ttl_s, alias=tiers[0].cache)
+
+    async def _cached(self, call: Call, plan: Plan) -> Entry | None:
+        """A hit, or None; with `only-if-cached`, a miss raises."""
+        assert self.cache is not None
+        entry = await self.cache.lookup(plan.key) if plan.read else None
+        if entry is None and plan.only_if_cached:
+            raise cache_miss(call.record.requested_model, call.record)
+        if entry is not None:
+            record = call.record
+            record.cached = True
+            record.cache_age_s = max(0.0, time.time() - entry.created)
+            record.latency_s = anyio.current_time() - call.started
+            record.complete = True
+        return entry
+
+    async def _shared_call(self, call: Call, plan: Plan) -> Entry | None:
+        """Join the single flight for this key; a follower gets the leader's answer (or None: go itself)."""
+        assert self.cache is not None
+        leader = await self.cache.join(plan.key, wait_s=max(0.0, call.deadline - anyio.current_time()))
+        if leader:
+            return None
+        entry = await self._cached(call, replace(plan, only_if_cached=False))
+        return entry if entry is not None else None
 
     # 3. rank ----------------------------------------------------------------------------
 
@@ -216,7 +258,27 @@ class RequestPath:
     # 4. attempt -------------------------------------------------------------------------
 
     async def complete(self, call: Call, tiers: list[ModelRoute]) -> ChatCompletion:
-        """Serve a non-streamed call: the first deployment that answers wins."""
+        """Serve a non-streamed call: from the cache, or the first deployment that answers."""
+        plan = self.cache_plan(call, tiers)
+        if plan is None:
+            return await self._complete_upstream(call, tiers)
+        entry = await self._cached(call, plan) or await self._shared_call(call, plan)
+        if entry is not None:
+            completion = entry.completion()
+            call.record.usage = _usage_of(completion.usage)
+            attach_route(completion, call.record)
+            return completion
+        assert self.cache is not None
+        try:
+            completion = await self._complete_upstream(call, tiers)
+            if plan.write and _storable(completion.choices):
+                await self.cache.put(plan.key, Entry.of_completion(completion), plan.ttl_s)
+            return completion
+        finally:
+            await self.cache.done(plan.key)
+
+    async def _complete_upstream(self, call: Call, tiers: list[ModelRoute]) -> ChatCompletion:
+        """Steps 3–5 for a non-streamed call: the first deployment that answers wins."""
         served = await self._first_success(call, tiers, self._complete_once)
         completed: Completed = served.result
         now = anyio.current_time()
@@ -232,7 +294,50 @@ class RequestPath:
         return completed.completion
 
     async def stream(self, call: Call, tiers: list[ModelRoute], *, caller_wants_usage: bool) -> RouterStream:
-        """Serve a streamed call; failures before the first token fall over, after it they raise."""
+        """Serve a streamed call: a cached answer replayed, or steps 3–5 with the answer stored as it ends."""
+        plan = self.cache_plan(call, tiers)
+        if plan is None:
+            return await self._stream_upstream(call, tiers, caller_wants_usage=caller_wants_usage)
+        entry = await self._cached(call, plan) or await self._shared_call(call, plan)
+        if entry is not None:
+            chunks = entry.chunks(include_usage=True)
+            usage = _usage_of(next((c.usage for c in reversed(chunks) if c.usage is not None), None))
+            call.record.usage = usage
+            call.record.ttft_s = anyio.current_time() - call.started
+            leg = Leg(Replay(chunks, usage), [], None, "cache", call.started, None)
+            return RouterStream(
+                leg,
+                record=call.record,
+                call_started=call.started,
+                stats=self.stats,
+                circuits=self.circuits,
+                include_usage=caller_wants_usage,
+            )
+        cache = self.cache
+        assert cache is not None
+
+        async def store(chunks: list[ChatCompletionChunk] | None) -> None:
+            try:
+                if chunks and plan.write and _storable([c for chunk in chunks for c in chunk.choices]):
+                    await cache.put(plan.key, Entry.of_stream(chunks), plan.ttl_s)
+            finally:
+                await cache.done(plan.key)
+
+        try:
+            return await self._stream_upstream(call, tiers, caller_wants_usage=caller_wants_usage, on_finish=store)
+        except BaseException:
+            await cache.done(plan.key)
+            raise
+
+    async def _stream_upstream(
+        self,
+        call: Call,
+        tiers: list[ModelRoute],
+        *,
+        caller_wants_usage: bool,
+        on_finish: OnFinish | None = None,
+    ) -> RouterStream:
+        """Steps 3–5 for a streamed call; failures before the first token fall over, after it they raise."""
         served = await self._first_success(call, tiers, self._open_stream)
         opened = served.result
         if opened.first_token_at is not None:
@@ -254,6 +359,7 @@ class RequestPath:
             circuits=self.circuits,
             include_usage=caller_wants_usage,
             recover=recover if call.streams.recover == "continue" else None,
+            on_finish=on_finish,
         )
 
     async def _continuation(
@@ -627,6 +733,20 @@ class _ContextCeiling:
         if known is not None and self.window is not None:
             return known <= self.window
         return deployment.candidate.model in self.models  # the same model: the same window
+
+
+def _storable(choices: list[Any]) -> bool:
+    """A finished answer that wasn't filtered: the only kind worth keeping."""
+    return bool(choices) and all(getattr(c, "finish_reason", None) != "content_filter" for c in choices)
+
+
+def _usage_of(usage: Any) -> Usage | None:
+    """The route record's usage for a cached answer (what the answer used when it was made)."""
+    if usage is None:
+        return None
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None) or 0
+    reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None) or 0
+    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, cached, reasoning)
 
 
 def _leg(served: _Served[_Opened]) -> Leg:

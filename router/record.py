@@ -75,6 +75,8 @@ class RouteRecord:
     ttft_s: float | None = None
     usage: Usage | None = None
     cached: bool = False
+    """Served from the response cache: nothing was sent, nothing billed."""
+    cache_age_s: float | None = None
     rate_limits: RateLimitInfo | None = None
     complete: bool = False
     """False until a stream has ended (or failed)."""

@@ -14,6 +14,7 @@ from policies import Candidate, Price
 from providers import PROVIDERS, OpenAICompatible
 from providers.load import LoadReporter
 from router.config import (
+    CacheOverride,
     Constraints,
     HedgePolicy,
     RetryPolicy,
@@ -68,6 +69,7 @@ class ModelRoute:
     constraints: Constraints
     streams: StreamPolicy
     hedge: HedgePolicy | None = None
+    cache: CacheOverride | None = None
 
 
 class RouteTable:
@@ -126,6 +128,7 @@ class RouteTable:
                 model.constraints,
                 model.streams or config.streams,
                 model.hedge or config.hedge,
+                model.cache,
             )
         self.by_model_id = {
             model_id: ModelRoute(

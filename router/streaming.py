@@ -13,27 +13,60 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 import anyio
 from openai.types.chat import ChatCompletionChunk
 
-from providers import ChunkStream, ProviderError, has_token
+from providers import ProviderError, Usage, has_token
 from router.circuit import Circuits
 from router.errors import stream_interrupted
 from router.record import Attempt, RouteRecord, attach_route
 from router.stats import StatsStore
 
 
+class Upstream(Protocol):
+    """What a leg reads chunks from: a provider's `ChunkStream`, or a replay of a cached answer."""
+
+    usage: Usage | None
+
+    def __anext__(self) -> Awaitable[ChatCompletionChunk]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Replay:
+    """A cached answer's chunks, served as an upstream."""
+
+    def __init__(self, chunks: list[ChatCompletionChunk], usage: Usage | None) -> None:
+        self._chunks = iter(chunks)
+        self.usage = usage
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._chunks = iter(())
+
+
 @dataclass(slots=True)
 class Leg:
     """One upstream stream serving (part of) the answer: its attempt and timings."""
 
-    upstream: ChunkStream
+    upstream: Upstream
     buffered: list[ChatCompletionChunk]
-    attempt: Attempt
+    attempt: Attempt | None
+    """None for a cache replay: nothing was sent."""
     candidate_id: str
     started: float
     first_token_at: float | None
+
+
+OnFinish = Callable[[list[ChatCompletionChunk] | None], Awaitable[None]]
+"""Called once when the stream ends: with every chunk when it finished cleanly, else None."""
 
 
 Recover = Callable[[str, int], Awaitable[Leg | None]]
@@ -53,6 +86,7 @@ class RouterStream:
         circuits: Circuits,
         include_usage: bool,
         recover: Recover | None = None,
+        on_finish: OnFinish | None = None,
     ) -> None:
         self._leg = leg
         self._buffered = deque(leg.buffered)
@@ -62,6 +96,8 @@ class RouterStream:
         self._circuits = circuits
         self._include_usage = include_usage
         self._recover = recover
+        self._on_finish = on_finish
+        self._kept: list[ChatCompletionChunk] | None = [] if on_finish is not None else None
         self._text: list[str] = []
         self._delivered = 0
         self._done = False
@@ -86,17 +122,22 @@ class RouterStream:
                     chunk = await self._leg.upstream.__anext__()
                 except StopAsyncIteration:
                     self._finish(None)
+                    await self._report(self._kept)
                     raise
                 except ProviderError as failure:
                     if await self._continue_after(failure):
                         continue
+                    await self._report(None)
                     raise stream_interrupted(
                         failure, "".join(self._text), self._leg.upstream.usage, self._record.attempts, self._record
                     ) from failure
                 except BaseException:
                     await self._leg.upstream.aclose()
                     self._finish(None, outcome="cancelled")
+                    await self._report(None)
                     raise
+            if self._kept is not None:
+                self._kept.append(chunk)
             choices = chunk.choices
             if choices:
                 content = choices[0].delta.content
@@ -107,8 +148,14 @@ class RouterStream:
                 continue  # we asked upstream for usage; the caller did not
             return chunk
 
+    async def _report(self, chunks: list[ChatCompletionChunk] | None) -> None:
+        on_finish, self._on_finish = self._on_finish, None
+        if on_finish is not None:
+            await on_finish(chunks)
+
     async def _continue_after(self, failure: ProviderError) -> bool:
         """Record the broken leg; with recovery configured, switch to a continuation. False: raise."""
+        self._kept = None  # a stitched answer is never cached
         self._end_leg(failure)
         text = "".join(self._text)
         leg = await self._recover(text, self._delivered) if self._recover is not None and text else None
@@ -124,6 +171,8 @@ class RouterStream:
     def _end_leg(self, failure: ProviderError | None, *, outcome: str | None = None) -> None:
         """Close the books on the current upstream attempt: its outcome, timings, stats and circuit."""
         leg = self._leg
+        if leg.attempt is None:  # a cache replay: nothing upstream to account for
+            return
         now = anyio.current_time()
         seconds = now - leg.started
         leg.attempt.seconds = seconds
@@ -171,6 +220,7 @@ class RouterStream:
         self._buffered.clear()
         await self._leg.upstream.aclose()
         self._finish(None)
+        await self._report(None)
 
     aclose = close
 
