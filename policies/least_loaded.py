@@ -6,10 +6,15 @@ import random
 from collections.abc import Sequence
 
 from policies.base import Candidate, RequestProfile, StatsView
-from policies.estimates import at_capacity, capacity, load
+from policies.estimates import at_capacity, capacity, expected_duration_s, load
 
 NEAR_RELATIVE = 0.10
 """Loads within this share of the lowest count as near-equal (as do loads one request above it)."""
+SLOW_FACTOR = 2.0
+"""A deployment expected to take more than this many times the fastest one's time is used only as
+overflow: spare capacity is worth little when every request there takes twice as long."""
+PROBE_AFTER_S = 30.0
+"""A slow deployment unused this long is tried again (first among the slow), so a recovered one is seen."""
 
 
 class LeastLoaded:
@@ -22,7 +27,9 @@ class LeastLoaded:
     drawn at random (`rng`) and the one with the lower load goes first (on a tie, the one drawn
     first). Everything else follows by load, then config order. Deployments at capacity
     (`estimates.at_capacity`) come last, by load: the router will not send to them, but a
-    ranking drops nothing.
+    ranking drops nothing. Before them come the slow: deployments expected to take more than
+    `SLOW_FACTOR` × the fastest one's time (`estimates.expected_duration_s`) take only overflow,
+    unless unused for `PROBE_AFTER_S`, when they are ranked by load again to be re-measured.
     """
 
     name = "least-loaded"
@@ -39,6 +46,8 @@ class LeastLoaded:
         get = stats.get
         open_: list[tuple[float, int, int, Candidate, float]] = []
         full: list[tuple[float, int, int, Candidate]] = []
+        durations: dict[int, float] = {}
+        stale: set[int] = set()
         for i, c in enumerate(candidates):
             s = get(c.id)
             c_load = load(c, s)
@@ -47,8 +56,17 @@ class LeastLoaded:
                 continue
             slots = capacity(c, s)
             open_.append((c_load, c.order, i, c, 1.0 / slots if slots else 1.0))
+            durations[i] = expected_duration_s(c, s, request)
+            if s is None or s.last_used_at is None or now - s.last_used_at > PROBE_AFTER_S:
+                stale.add(i)
         open_.sort()
         full.sort()
+        if durations:  # the slow go after the rest (in load order), unless unused long enough to retry
+            limit = min(durations.values()) * SLOW_FACTOR
+            slow = [t for t in open_ if durations[t[2]] > limit and t[2] not in stale]
+            open_ = [t for t in open_ if not (durations[t[2]] > limit and t[2] not in stale)]
+        else:
+            slow = []
         ranked = [t[3] for t in open_]
         if len(open_) >= 2:
             best = open_[0][0]
@@ -63,5 +81,6 @@ class LeastLoaded:
                 first = near[a] if open_[near[a]][0] <= open_[near[b]][0] else near[b]
                 if first:
                     ranked.insert(0, ranked.pop(first))
+        ranked.extend(t[3] for t in slow)
         ranked.extend(t[3] for t in full)
         return ranked

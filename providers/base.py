@@ -205,7 +205,7 @@ class OpenAICompatible:
         if retry_after is None:
             retry_after = retry_after_from_message(message)
         cls = self.error_class(status, message, str(code or ""), str(type_ or ""))
-        if self._api_key and self._api_key in str(body):  # some providers echo the key back
+        if self._api_key and len(self._api_key) >= 8 and self._api_key in str(body):  # some echo the key back
             message = message.replace(self._api_key, "[redacted]")
             body = json.loads(json.dumps(body).replace(self._api_key, "[redacted]"))
         failure = cls(f"{self.name}: {message}", status_code=status, retry_after=retry_after, body=body, headers=kept)

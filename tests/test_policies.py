@@ -486,3 +486,15 @@ def test_custom_policy_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[1].split("\n")[1].strip().startswith("gpu-box/")  # 0.25: the box first
     assert out[2].split("\n")[-2].strip().startswith("gpu-box/")  # 0.88: the box last
     assert "self-hosted-first" in policies.known_policies()
+
+
+def test_least_loaded_sends_only_overflow_to_a_much_slower_deployment() -> None:
+    """Spare capacity is worth little where every request takes far longer (the bench's slowed backend)."""
+    quick, slowed = cand("quick", 0, max_concurrency=10), cand("slowed", 1, max_concurrency=10)
+    busy_quick = DeploymentStats(in_flight=6, ttft_s=0.1, tokens_per_s=200.0, last_used_at=NOW)
+    idle_slowed = DeploymentStats(in_flight=0, ttft_s=1.0, tokens_per_s=50.0, last_used_at=NOW - 1)
+    stats = Stats({"quick/m": busy_quick, "slowed/m": idle_slowed})
+    assert rank("least-loaded", [quick, slowed], stats) == ["quick", "slowed"]
+    # unused for a while, it is ranked by load again, so a recovered deployment gets re-measured
+    long_idle = Stats({"quick/m": busy_quick, "slowed/m": DeploymentStats(ttft_s=1.0, last_used_at=NOW - 60)})
+    assert rank("least-loaded", [quick, slowed], long_idle) == ["slowed", "quick"]
