@@ -10,7 +10,9 @@ Only failures that say something about the deployment's health count; a bad requ
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -69,6 +71,8 @@ class Circuits:
     def __init__(self, config: CircuitConfig | None = None) -> None:
         self.config = config or CircuitConfig()
         self._breakers: dict[str, _Breaker] = {}
+        self.on_open: Callable[[str, float, str], None] | None = None
+        """Told of every opening (candidate id, wall-clock end, why): shared state publishes it."""
 
     def _get(self, candidate_id: str) -> _Breaker:
         breaker = self._breakers.get(candidate_id)
@@ -114,7 +118,13 @@ class Circuits:
         probe = breaker.probing
         breaker.probing = False
         if failure is FailureKind.RATE_LIMITED and retry_after is not None and retry_after > 0:
-            self._open(breaker, now, until=now + retry_after, why=f"rate-limited for {retry_after:g}s")
+            self._open(
+                breaker,
+                now,
+                until=now + retry_after,
+                why=f"rate-limited for {retry_after:g}s",
+                candidate_id=candidate_id,
+            )
             return
         healthy = failure is None or failure not in HEALTH_FAILURES
         self._remember(breaker, now, healthy)
@@ -128,14 +138,24 @@ class Circuits:
         breaker.last_errors.append(message or str(failure))
         if probe or breaker.state is CircuitState.HALF_OPEN:
             breaker.cooldown_s = min(self.config.max_cooldown_s, breaker.cooldown_s * 2)
-            self._open(breaker, now, until=now + breaker.cooldown_s, why="probe failed")
+            self._open(breaker, now, until=now + breaker.cooldown_s, why="probe failed", candidate_id=candidate_id)
         elif breaker.consecutive >= self.config.failures:
-            self._open(breaker, now, until=now + breaker.cooldown_s, why=f"{breaker.consecutive} failures in a row")
+            self._open(
+                breaker,
+                now,
+                until=now + breaker.cooldown_s,
+                why=f"{breaker.consecutive} failures in a row",
+                candidate_id=candidate_id,
+            )
         else:
             rate, count = self._rate(breaker, now)
             if count >= self.config.min_requests and rate >= self.config.error_rate:
                 self._open(
-                    breaker, now, until=now + breaker.cooldown_s, why=f"{rate:.0%} of {count} recent requests failed"
+                    breaker,
+                    now,
+                    until=now + breaker.cooldown_s,
+                    why=f"{rate:.0%} of {count} recent requests failed",
+                    candidate_id=candidate_id,
                 )
 
     def release(self, candidate_id: str) -> None:
@@ -144,11 +164,24 @@ class Circuits:
         if breaker is not None:
             breaker.probing = False
 
-    def _open(self, breaker: _Breaker, now: float, *, until: float, why: str) -> None:
+    def _open(self, breaker: _Breaker, now: float, *, until: float, why: str, candidate_id: str = "") -> None:
         if breaker.state is CircuitState.OPEN and breaker.open_until >= until:
             return  # the later deadline wins
         breaker.state = CircuitState.OPEN
         breaker.open_until = max(until, breaker.open_until)
+        breaker.opened_by = why
+        if self.on_open is not None and candidate_id:
+            self.on_open(candidate_id, time.time() + (breaker.open_until - now), why)
+
+    def open_remotely(self, candidate_id: str, until: float, why: str) -> None:
+        """Another process opened this circuit until `until` (this process's clock)."""
+        breaker = self._get(candidate_id)
+        if breaker.state is CircuitState.OPEN and breaker.open_until >= until:
+            return
+        if breaker.probing:
+            return  # our own probe decides
+        breaker.state = CircuitState.OPEN
+        breaker.open_until = until
         breaker.opened_by = why
 
     def _remember(self, breaker: _Breaker, now: float, healthy: bool) -> None:

@@ -32,6 +32,7 @@ from router.load import LoadPoller
 from router.pipeline import RequestPath
 from router.record import RouteRecord, attach_route
 from router.routes import RouteTable
+from router.shared import SharedState
 from router.stats import MemoryStats
 from router.streaming import RouterStream
 
@@ -183,24 +184,35 @@ class AsyncRouter:
         self.cache = ResponseCache(config.cache) if config.cache is not None else None
         """The response cache (None unless `cache:` is configured); `cache.explain(...)` says how a
         request is keyed and whether it may be cached."""
-        self._path = RequestPath(RouteTable(config), self._client, self.stats, random.Random(seed), cache=self.cache)
+        state = config.state
+        self.shared = (
+            SharedState(state.url or "redis://127.0.0.1:6379/0", namespace=state.namespace, refresh_s=state.refresh_s)
+            if state.backend == "redis"
+            else None
+        )
+        self._path = RequestPath(
+            RouteTable(config), self._client, self.stats, random.Random(seed), cache=self.cache, shared=self.shared
+        )
         self._background: anyio.abc.TaskGroup | None = None
         self.chat = AsyncChat(self)
 
     async def run_background(self) -> None:
-        """Poll self-hosted backends' load endpoints until cancelled (started by `async with`)."""
-        targets = self._path.table.probe_targets()
-        if not targets:
-            return
-        probes = self.config.load_probes
-        poller = LoadPoller(
-            targets,
-            self._client,
-            self.stats.observe_server_load,
-            interval_s=probes.interval_s,
-            timeout_s=probes.timeout_s,
-        )
-        await poller.run()
+        """Poll self-hosted backends' load and sync shared state until cancelled (started by `async with`)."""
+        async with anyio.create_task_group() as tasks:
+            targets = self._path.table.probe_targets()
+            if targets:
+                probes = self.config.load_probes
+                poller = LoadPoller(
+                    targets,
+                    self._client,
+                    self.stats.observe_server_load,
+                    interval_s=probes.interval_s,
+                    timeout_s=probes.timeout_s,
+                )
+                tasks.start_soon(poller.run)
+            if self.shared is not None:
+                ids = {d.candidate.id for route in self._path.table.routes.values() for d in route.deployments}
+                tasks.start_soon(self.shared.run, self._path.circuits, ids)
 
     @classmethod
     def from_config(
@@ -264,12 +276,15 @@ class AsyncRouter:
             await background.__aexit__(None, None, None)
         if self.cache is not None:
             await self.cache.aclose()
+        if self.shared is not None:
+            await self.shared.sync(self._path.circuits, ())  # publish the last openings before leaving
+            await self.shared.aclose()
         if self._owns_client:
             await self._client.aclose()
 
     async def __aenter__(self) -> AsyncRouter:
         """Start the background load probes of self-hosted backends for the router's lifetime."""
-        if self._background is None and self._path.table.probe_targets():
+        if self._background is None and (self._path.table.probe_targets() or self.shared is not None):
             self._background = anyio.create_task_group()
             await self._background.__aenter__()
             self._background.start_soon(self.run_background)

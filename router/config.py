@@ -206,6 +206,16 @@ class CacheOverride(_Strict):
     cacheable: Literal["deterministic", "all"] | None = None
 
 
+class StateConfig(_Strict):
+    """Where live state lives: this process (`memory`), or Redis shared by every process (`redis`)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: str | None = None
+    namespace: str = ""
+    refresh_s: float = Field(0.25, gt=0)
+    """How often shared circuit openings are published and read back."""
+
+
 class LoadProbes(_Strict):
     """Background polling of vLLM and llama.cpp load endpoints while the router is open."""
 
@@ -242,6 +252,7 @@ class RouterConfig(_Strict):
     hedge: HedgePolicy | None = None
     cache: CacheConfig | None = None
     """Off unless given."""
+    state: StateConfig = Field(default_factory=StateConfig)
 
 
 def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:

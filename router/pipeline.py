@@ -42,6 +42,7 @@ from router.errors import cache_miss, no_candidates, to_caller_error
 from router.hints import RouteHints
 from router.record import Attempt, RankedCandidate, RouteRecord, attach_route
 from router.routes import Deployment, ModelRoute, RouteTable
+from router.shared import SharedState
 from router.stats import StatsStore
 from router.streaming import Leg, OnFinish, Replay, RouterStream
 
@@ -96,6 +97,8 @@ class _Served(Generic[T]):
     attempt: Attempt
     started: float
     result: T
+    slot: str | None = None
+    """A shared concurrency slot still held (by a stream until it ends)."""
 
 
 class RequestPath:
@@ -110,6 +113,7 @@ class RequestPath:
         *,
         wall_clock: Callable[[], datetime] | None = None,
         cache: ResponseCache | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.table = table
         self.client = client
@@ -121,6 +125,9 @@ class RequestPath:
         self.circuits = Circuits(table.config.circuit)
         self._hedges = _HedgeBudget()
         self.cache = cache
+        self.shared = shared
+        if shared is not None:
+            self.circuits.on_open = shared.circuit_opened
 
     # 1. resolve -------------------------------------------------------------------------
 
@@ -352,7 +359,7 @@ class RequestPath:
             return await self._continuation(call, tiers, failed, text, delivered)
 
         return RouterStream(
-            _leg(served),
+            _leg(served, self.shared),
             record=call.record,
             call_started=call.started,
             stats=self.stats,
@@ -385,7 +392,7 @@ class RequestPath:
                     served = await self._attempt_once(deployment, call, self._open_stream, body=body)
                 except ProviderError:
                     continue
-                return _leg(served)
+                return _leg(served, self.shared)
         return None
 
     async def _complete_once(
@@ -543,6 +550,7 @@ class RequestPath:
         now = anyio.current_time()
         if isinstance(result, _Opened):
             await result.upstream.aclose()
+        await self._give_back(served.deployment.candidate.id, served.slot)
         self.stats.end(served.deployment.candidate.id, now, ok=True, seconds=now - served.started)
         served.attempt.outcome = "hedge_lost"
 
@@ -630,7 +638,12 @@ class RequestPath:
             attempt.outcome = "circuit_open"
             raise shut
         cap = candidate.max_concurrency
-        if not self.stats.try_begin(candidate.id, started, cap=cap):
+        slot = await self.shared.take_slot(candidate.id, cap) if (self.shared and cap is not None) else None
+        if (self.shared and cap is not None and slot is None) or not self.stats.try_begin(
+            candidate.id, started, cap=cap
+        ):
+            if slot is not None and self.shared is not None:
+                await self.shared.give_slot(candidate.id, slot)
             self.circuits.release(candidate.id)
             full = Overloaded(f"{candidate.id}: at its concurrency cap ({cap} in flight); not sent", retryable=False)
             _failed(attempt, full, 0.0)
@@ -642,20 +655,32 @@ class RequestPath:
         except ProviderError as failure:
             now = anyio.current_time()
             self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            await self._give_back(candidate.id, slot)
             self._observe_failure(candidate.id, failure, now)
             _failed(attempt, failure, now - started)
             raise
         except BaseException:
             now = anyio.current_time()
             self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            await self._give_back(candidate.id, slot)
             self.circuits.release(candidate.id)
             attempt.outcome, attempt.seconds = "cancelled", now - started
             raise
+        if call.stream:  # the slot is held until the stream ends
+            result_slot = slot
+        else:
+            await self._give_back(candidate.id, slot)
+            result_slot = None
         self.circuits.record(candidate.id, anyio.current_time(), failure=None)
         attempt.seconds = anyio.current_time() - started
         record = call.record
         record.backend, record.provider, record.model = candidate.backend, candidate.provider, candidate.model
-        return _Served(deployment, attempt, started, result)
+        return _Served(deployment, attempt, started, result, result_slot)
+
+    async def _give_back(self, candidate_id: str, slot: str | None) -> None:
+        """Return a shared concurrency slot (no-op without shared state or a cap)."""
+        if slot is not None and self.shared is not None:
+            await self.shared.give_slot(candidate_id, slot)
 
     def _first_token_s(self, deployment: Deployment, stream: bool) -> float:
         """The first-token deadline: configured, or adapted to the deployment's observed TTFT so a
@@ -749,8 +774,15 @@ def _usage_of(usage: Any) -> Usage | None:
     return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, cached, reasoning)
 
 
-def _leg(served: _Served[_Opened]) -> Leg:
+def _leg(served: _Served[_Opened], shared: SharedState | None = None) -> Leg:
     opened = served.result
+    release = None
+    if served.slot is not None and shared is not None:
+        slot, candidate_id = served.slot, served.deployment.candidate.id
+
+        async def release() -> None:
+            await shared.give_slot(candidate_id, slot)
+
     return Leg(
         opened.upstream,
         opened.buffered,
@@ -758,6 +790,7 @@ def _leg(served: _Served[_Opened]) -> Leg:
         served.deployment.candidate.id,
         served.started,
         opened.first_token_at,
+        release,
     )
 
 

@@ -63,6 +63,8 @@ class Leg:
     candidate_id: str
     started: float
     first_token_at: float | None
+    release: Callable[[], Awaitable[None]] | None = None
+    """Gives back a shared concurrency slot when the leg ends."""
 
 
 OnFinish = Callable[[list[ChatCompletionChunk] | None], Awaitable[None]]
@@ -149,14 +151,21 @@ class RouterStream:
             return chunk
 
     async def _report(self, chunks: list[ChatCompletionChunk] | None) -> None:
+        await self._release()
         on_finish, self._on_finish = self._on_finish, None
         if on_finish is not None:
             await on_finish(chunks)
+
+    async def _release(self) -> None:
+        release, self._leg.release = self._leg.release, None
+        if release is not None:
+            await release()
 
     async def _continue_after(self, failure: ProviderError) -> bool:
         """Record the broken leg; with recovery configured, switch to a continuation. False: raise."""
         self._kept = None  # a stitched answer is never cached
         self._end_leg(failure)
+        await self._release()
         text = "".join(self._text)
         leg = await self._recover(text, self._delivered) if self._recover is not None and text else None
         if leg is None:

@@ -1,0 +1,126 @@
+"""Shared state through a real Redis: three OS processes route as one.
+
+A `max_concurrency` holds across processes (the slots are taken atomically in Redis), and a
+circuit opened by one process is respected by the others.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from router import AsyncRouter
+from tests.fault_server import FaultServer, ok, status
+from tests.redis_server import RedisServer, redis_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+redis_server = redis_fixture()
+
+WORKER = textwrap.dedent("""
+    import json, sys, anyio
+    from router import AsyncRouter, route_of
+    config, calls, pause = json.loads(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    async def main():
+        out = []
+        async with AsyncRouter.from_config(config) as router:
+            await anyio.sleep(pause)  # let the shared state sync once
+            async def one():
+                try:
+                    reply = await router.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+                    record = route_of(reply)
+                    out.append({"backend": record.backend, "excluded": [e.reason for e in record.excluded]})
+                except Exception as error:
+                    out.append({"error": type(error).__name__})
+            async with anyio.create_task_group() as group:
+                for _ in range(calls):
+                    group.start_soon(one)
+        print(json.dumps(out))
+    anyio.run(main)
+""")
+
+
+def workers(config: dict[str, Any], *, processes: int, calls: int, pause: float = 0.4) -> list[list[dict[str, Any]]]:
+    """Run `processes` routers at once, each making `calls` concurrent calls; their results."""
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, json.dumps(config), str(calls), str(pause)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    results = []
+    for process in running:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
+def max_overlap(starts: list[float], hold: float) -> int:
+    """The most requests in flight at once, given each holds the backend for `hold` seconds."""
+    events = sorted([(t, 1) for t in starts] + [(t + hold - 1e-3, -1) for t in starts], key=lambda e: (e[0], e[1]))
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def config(fault: FaultServer, redis: RedisServer, **capped: Any) -> dict[str, Any]:
+    return {
+        "backends": {n: {"provider": "openai", "base_url": fault.base_url(n)} for n in fault.names},
+        "models": {"m": {"deployments": [{"backend": "a", "model": "m", **capped}, {"backend": "b", "model": "m"}]}},
+        "state": {"backend": "redis", "url": redis.url, "refresh_s": 0.05},
+        "circuit": {"failures": 2, "cooldown_s": 30},
+        "retry": {"attempts_per_deployment": 1},
+        "timeouts": {"first_token_s": 5},
+    }
+
+
+def test_max_concurrency_holds_across_three_processes(redis_server: RedisServer) -> None:
+    hold = 0.4
+    with FaultServer(a=ok("from a", ttft=hold), b=ok("from b")) as fault:
+        results = workers(config(fault, redis_server, max_concurrency=2), processes=3, calls=4)
+        starts = [r.at for r in fault.requests("a")]
+    served = [r["backend"] for result in results for r in result]
+    assert len(served) == 12 and "error" not in str(results)
+    assert max_overlap(starts, hold) <= 2, "the cap was exceeded across processes"
+    assert served.count("a") >= 2 and served.count("b") == 12 - served.count("a")
+
+
+def test_a_circuit_opened_by_one_process_is_respected_by_the_others(redis_server: RedisServer) -> None:
+    with FaultServer(a=status(503), b=ok("from b")) as fault:
+        cfg = config(fault, redis_server)
+        first = workers(cfg, processes=1, calls=3, pause=0.1)[0]  # a fails twice: its circuit opens
+        seen_after_first = fault.count("a")
+        others = workers(cfg, processes=2, calls=3, pause=0.4)
+        assert fault.count("a") == seen_after_first, "the other processes still sent to the open circuit"
+    assert seen_after_first in (2, 3) and all(r["backend"] == "b" for r in first)  # 3 concurrent calls
+    reasons = [reason for result in others for r in result for reason in r["excluded"]]
+    assert len(reasons) == 6 and all("opened by another process" in reason for reason in reasons)
+
+
+@pytest.mark.anyio
+async def test_a_redis_outage_degrades_to_local_state_and_recovers(redis_server: RedisServer) -> None:
+    with FaultServer(a=ok("from a"), b=ok("from b")) as fault:
+        async with AsyncRouter.from_config(config(fault, redis_server, max_concurrency=2)) as router:
+            redis_server.kill()
+            started = time.monotonic()
+            reply = await router.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == "from a" and time.monotonic() - started < 2.0
+            redis_server.start()
+            await anyio.sleep(0.2)
+            reply = await router.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == "from a"
+            assert router.shared is not None and not router.shared._down
