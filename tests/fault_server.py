@@ -12,11 +12,13 @@ decided by the backend's *script*:
 
 Behaviours are small frozen dataclasses made by the factories below (`ok`, `status`,
 `reset_before_headers`, `silent`, `slow_first_token`, `cut_after`, `stall_after`,
-`malformed_after`, `no_done`, `context_400`, `content_filter_400`, `rejects_prefill`). A new one
-subclasses `Behaviour` and implements `serve(exchange)`; `Exchange` has the helpers to answer.
+`malformed_after`, `no_done`, `context_400`, `content_filter_400`, `rejects_prefill`,
+`continues_prefill`). A new one subclasses `Behaviour` (or `Ok`, overriding its hooks) and
+implements `serve(exchange)`; `Exchange` has the helpers to answer.
 
 The server runs its own asyncio loop in a daemon thread, so it serves sync and async tests
-alike and never competes with the router's loop. It records every chat request per backend
+alike and never blocks the router's loop (it does share the process, and so the GIL: under
+thousands of concurrent requests both sides slow down together). It records every chat request per backend
 (`requests(name)`: time, body, stream flag, the behaviour served), and tracks open and busy
 connections so a test can check no socket is left behind (`wait_closed`). Everything is
 bounded: a behaviour holds a connection at most `max_hold_s`, request heads and bodies have
@@ -45,6 +47,7 @@ __all__ = [
     "Script",
     "content_filter_400",
     "context_400",
+    "continues_prefill",
     "cut_after",
     "down_for",
     "malformed_after",
@@ -500,6 +503,28 @@ class RejectsPrefill(Behaviour):
             await self.then.serve(x)
 
 
+@dataclass(frozen=True)
+class ContinuesPrefill(Behaviour):
+    """Continue a trailing assistant message instead of answering anew (vLLM `continue_final_message`,
+    DeepSeek prefix completion, llama.cpp): answer the rest of `text` after that prefix (all of `text`
+    if it isn't one). With `flag`, only a request whose body sets that field true is continued; other
+    requests, and those without a prefill, get `text` as `ok` would answer it."""
+
+    text: str = DEFAULT_TEXT
+    flag: str | None = None
+
+    async def serve(self, x: Exchange) -> None:
+        messages = x.request.messages
+        last = messages[-1] if messages else None
+        asked = self.flag is None or bool(x.body.get(self.flag))
+        if isinstance(last, dict) and last.get("role") == "assistant" and asked:
+            prefix = str(last.get("content") or "")
+            rest = self.text[len(prefix) :] if self.text.startswith(prefix) else self.text
+            await Ok(rest).serve(x)
+        else:
+            await Ok(self.text).serve(x)
+
+
 async def _quiet(
     x: Exchange, seconds: float, keepalive_every: float | None, keepalive: bytes = b": keep-alive\n\n"
 ) -> None:
@@ -579,6 +604,10 @@ ScriptFn = Callable[[int, float, Any], Behaviour]
 Script = Behaviour | Sequence[Behaviour] | ScriptFn
 
 
+def continues_prefill(text: str = DEFAULT_TEXT, *, flag: str | None = None) -> ContinuesPrefill:
+    return ContinuesPrefill(text, flag)
+
+
 def down_for(seconds: float, down: Behaviour | None = None, then: Behaviour | None = None) -> ScriptFn:
     """A script: `down` (default 503) for the first `seconds` after it is set, `then` (default ok) after."""
     down_b = down if down is not None else status(503)
@@ -652,7 +681,7 @@ class FaultServer:
 
         async def start() -> None:
             backend.server = await asyncio.start_server(
-                lambda r, w: self._connection(backend, r, w), host="127.0.0.1", port=0, backlog=64
+                lambda r, w: self._connection(backend, r, w), host="127.0.0.1", port=0, backlog=1024
             )
             backend.port = backend.server.sockets[0].getsockname()[1]
 
