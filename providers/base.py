@@ -505,7 +505,7 @@ class ChunkStream:
                 raise StopAsyncIteration from None
             failure = self._deadline_failure(phase, deadline)
         except httpx2.TransportError as exc:
-            failure = StreamBroken(f"{self.adapter.name}: stream cut: {exc}")
+            failure = StreamBroken(f"{self.adapter.name}: stream cut: {exc or type(exc).__name__}")
         except BaseException:
             await self.aclose()
             raise

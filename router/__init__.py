@@ -53,7 +53,36 @@ _EXPORTS = {
     },
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "APIConnectionError",
+    "APITimeoutError",
+    "AsyncRouter",
+    "Attempt",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigError",
+    "ContentFilteredError",
+    "ContextLengthExceededError",
+    "InternalServerError",
+    "NoCandidatesError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "RouteHints",
+    "RouteRecord",
+    "Router",
+    "RouterConfig",
+    "RouterErrorMixin",
+    "RouterStream",
+    "Stream",
+    "StreamInterruptedError",
+    "UnknownModelError",
+    "UnprocessableEntityError",
+    "load_config",
+    "route_of",
+]
 
 
 def __getattr__(name: str) -> Any:

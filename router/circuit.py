@@ -91,6 +91,13 @@ class Circuits:
             return "circuit half-open: a probe request is in flight"
         return None
 
+    def rate_limited_for(self, candidate_id: str, now: float) -> float | None:
+        """Seconds left when the circuit is open because the provider asked us to wait (a 429)."""
+        breaker = self._breakers.get(candidate_id)
+        if breaker is None or breaker.state is not CircuitState.OPEN or now >= breaker.open_until:
+            return None
+        return breaker.open_until - now if breaker.opened_by.startswith("rate-limited") else None
+
     def admit(self, candidate_id: str, now: float) -> bool:
         """Take the right to send one request now; a cooled-down open circuit admits one probe."""
         breaker = self._breakers.get(candidate_id)

@@ -31,6 +31,7 @@ from providers import (
     Overloaded,
     ProviderError,
     ProviderTimeout,
+    RateLimited,
     Usage,
     parse_rate_limits,
 )
@@ -225,7 +226,9 @@ class RequestPath:
         eligible: dict[str, Deployment] = {}
         for deployment in route.deployments:
             candidate = deployment.candidate_at(when)
-            blocked = None if call.panic else self.circuits.blocked(candidate.id, now)
+            blocked = self.circuits.blocked(candidate.id, now)
+            if call.panic and self.circuits.rate_limited_for(candidate.id, now) is None:
+                blocked = None  # panic mode ignores health circuits, never a provider's Retry-After
             reason = blocked or exclusion_reason(candidate, deployment.serves, call.facts, limits, view)
             if reason is None:
                 eligible.setdefault(candidate.id, deployment)
@@ -468,6 +471,17 @@ class RequestPath:
         if last is None:
             if not tried_any:
                 circuit_only = all(e.reason.startswith("circuit") for e in call.record.excluded)
+                now = anyio.current_time()
+                waits = [self.circuits.rate_limited_for(e.candidate, now) for e in call.record.excluded]
+                if call.record.excluded and all(w is not None for w in waits):
+                    # every deployment asked us to wait: say so, rather than provoke more 429s
+                    wait = min(w for w in waits if w is not None)
+                    limited = RateLimited(
+                        f"every deployment is rate-limited; the first is free in {wait:.1f}s",
+                        status_code=429,
+                        retry_after=wait,
+                    )
+                    raise self._give_up(call, limited) from None
                 if call.record.excluded and circuit_only and not call.panic:
                     # Every circuit is open. Rejecting every call would lose them all; like a load
                     # balancer's panic mode, try each deployment once anyway (no retries).
@@ -582,11 +596,13 @@ class RequestPath:
             )
 
         def out_of_budget(state: tenacity.RetryCallState) -> bool:
+            now = anyio.current_time()
             return (
                 call.panic
+                or self._unhealthy(deployment.candidate.id, now)  # don't wait out a backoff only to be refused
                 or state.attempt_number >= retry.attempts_per_deployment
                 or call.attempts_left <= 0
-                or anyio.current_time() + state.upcoming_sleep >= call.deadline
+                or now + state.upcoming_sleep >= call.deadline
             )
 
         retrying = tenacity.AsyncRetrying(
@@ -676,6 +692,13 @@ class RequestPath:
         record = call.record
         record.backend, record.provider, record.model = candidate.backend, candidate.provider, candidate.model
         return _Served(deployment, attempt, started, result, result_slot)
+
+    def _unhealthy(self, candidate_id: str, now: float) -> bool:
+        """Its circuit is open for its health (a 429's reset is waited out by the retry itself)."""
+        return (
+            self.circuits.blocked(candidate_id, now) is not None
+            and self.circuits.rate_limited_for(candidate_id, now) is None
+        )
 
     async def _give_back(self, candidate_id: str, slot: str | None) -> None:
         """Return a shared concurrency slot (no-op without shared state or a cap)."""
