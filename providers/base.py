@@ -56,6 +56,9 @@ class Deadlines:
     first_token_at: float
     stall_s: float
     total_at: float
+    response_at: float | None = None
+    """Non-streamed: the whole body by then (None: by `total_at`). The router sets it once a
+    deployment's latency is known, so a backend that sends headers and then nothing is left fast."""
 
 
 @dataclass(slots=True)
@@ -348,7 +351,7 @@ class OpenAICompatible:
         raw: bytes | None = None
         lost: str | None = None
         try:
-            with anyio.CancelScope(deadline=deadlines.total_at):
+            with anyio.CancelScope(deadline=min(deadlines.total_at, deadlines.response_at or deadlines.total_at)):
                 raw = await response.aread()
         except httpx2.TransportError as exc:
             lost = str(exc)

@@ -633,11 +633,13 @@ class RequestPath:
         candidate = deployment.candidate
         started = anyio.current_time()
         timeouts = deployment.timeouts
+        first_token_s, adapted = self._first_token_s(deployment, call.stream)
         deadlines = Deadlines(
             connect_s=max(0.001, min(timeouts.connect_s, call.deadline - started)),
-            first_token_at=started + self._first_token_s(deployment, call.stream),
+            first_token_at=started + first_token_s,
             stall_s=timeouts.stall_s,
             total_at=min(call.deadline, started + timeouts.total_s),
+            response_at=started + first_token_s if adapted and not call.stream else None,
         )
         attempt = Attempt(candidate.backend, candidate.provider, candidate.model, "ok", 0.0)
         call.record.attempts.append(attempt)
@@ -705,18 +707,18 @@ class RequestPath:
         if slot is not None and self.shared is not None:
             await self.shared.give_slot(candidate_id, slot)
 
-    def _first_token_s(self, deployment: Deployment, stream: bool) -> float:
+    def _first_token_s(self, deployment: Deployment, stream: bool) -> tuple[float, bool]:
         """The first-token deadline: configured, or adapted to the deployment's observed TTFT so a
         fast backend that goes quiet is abandoned in seconds and a slow-but-working one is not cut off."""
         t = deployment.timeouts
         if not t.adaptive_first_token:
-            return t.first_token_s
+            return t.first_token_s, False
         observed = self.stats.first_token_percentile(
             deployment.candidate.id, stream=stream, percentile=t.adaptive_percentile
         )
         if observed is None:
-            return t.first_token_s
-        return min(t.first_token_s, max(t.adaptive_floor_s, observed * t.adaptive_factor))
+            return t.first_token_s, False
+        return min(t.first_token_s, max(t.adaptive_floor_s, observed * t.adaptive_factor)), True
 
     def _observe_failure(self, candidate_id: str, failure: ProviderError, now: float) -> None:
         """What a failure says about the deployment's health and headroom."""

@@ -93,4 +93,26 @@ async def test_adaptive_deadlines_can_be_turned_off(httpx2_mock: respx.Router) -
         quiet["now"] = True
         path = router._path
         deployment = path.table.routes["m"].deployments[0]
-        assert path._first_token_s(deployment, True) == 0.5
+        assert path._first_token_s(deployment, True) == (0.5, False)
+
+
+async def test_a_non_streamed_backend_that_sends_headers_then_nothing_is_left_once_its_latency_is_known() -> None:
+    """DeepSeek-style headers-then-blank-lines, never answering: after 10 quick answers the call moves on
+    within the adaptive deadline instead of waiting out the call's total deadline."""
+    from tests.fault_server import FaultServer, ok, stall_after
+
+    with FaultServer(a=ok("from a"), b=ok("from b")) as fault:
+        cfg = {
+            "backends": {n: {"provider": "openai", "base_url": fault.base_url(n)} for n in fault.names},
+            "models": {"m": {"deployments": [{"backend": "a", "model": "m"}, {"backend": "b", "model": "m"}]}},
+            "timeouts": {"first_token_s": 5, "total_s": 10, "adaptive_floor_s": 0.2},
+        }
+        async with AsyncRouter.from_config(cfg) as router:
+            for _ in range(10):
+                await router.chat.completions.create(model="m", messages=HI)
+            fault.script("a", stall_after(0, 5.0, keepalive_every=0.1))
+            started = time.perf_counter()
+            reply = await router.chat.completions.create(model="m", messages=HI)
+            waited = time.perf_counter() - started
+    assert reply.choices[0].message.content == "from b" and waited < 1.0
+    assert [a.outcome for a in route_of(reply).attempts] == ["timeout", "ok"]
