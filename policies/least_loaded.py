@@ -13,6 +13,9 @@ NEAR_RELATIVE = 0.10
 SLOW_FACTOR = 2.0
 """A deployment expected to take more than this many times the fastest one's time is used only as
 overflow: spare capacity is worth little when every request there takes twice as long."""
+FLAKY_ERROR_RATE = 0.02
+"""A deployment failing at least this share of recent attempts takes only overflow too: each failure
+costs a retry with backoff, and those calls make the tail."""
 PROBE_AFTER_S = 30.0
 """A slow deployment unused this long is tried again (first among the slow), so a recovered one is seen."""
 
@@ -27,9 +30,10 @@ class LeastLoaded:
     drawn at random (`rng`) and the one with the lower load goes first (on a tie, the one drawn
     first). Everything else follows by load, then config order. Deployments at capacity
     (`estimates.at_capacity`) come last, by load: the router will not send to them, but a
-    ranking drops nothing. Before them come the slow: deployments expected to take more than
-    `SLOW_FACTOR` × the fastest one's time (`estimates.expected_duration_s`) take only overflow,
-    unless unused for `PROBE_AFTER_S`, when they are ranked by load again to be re-measured.
+    ranking drops nothing. Before them come the slow and the flaky: deployments expected to take
+    more than `SLOW_FACTOR` × the fastest one's time (`estimates.expected_duration_s`), or failing at
+    least `FLAKY_ERROR_RATE` of recent attempts, take only overflow, unless unused for
+    `PROBE_AFTER_S`, when they are ranked by load again to be re-measured.
     """
 
     name = "least-loaded"
@@ -47,6 +51,7 @@ class LeastLoaded:
         open_: list[tuple[float, int, int, Candidate, float]] = []
         full: list[tuple[float, int, int, Candidate]] = []
         durations: dict[int, float] = {}
+        flaky: set[int] = set()
         stale: set[int] = set()
         for i, c in enumerate(candidates):
             s = get(c.id)
@@ -57,14 +62,19 @@ class LeastLoaded:
             slots = capacity(c, s)
             open_.append((c_load, c.order, i, c, 1.0 / slots if slots else 1.0))
             durations[i] = expected_duration_s(c, s, request)
+            if s is not None and s.error_rate >= FLAKY_ERROR_RATE:
+                flaky.add(i)
             if s is None or s.last_used_at is None or now - s.last_used_at > PROBE_AFTER_S:
                 stale.add(i)
         open_.sort()
         full.sort()
         if durations:  # the slow go after the rest (in load order), unless unused long enough to retry
             limit = min(durations.values()) * SLOW_FACTOR
-            slow = [t for t in open_ if durations[t[2]] > limit and t[2] not in stale]
-            open_ = [t for t in open_ if not (durations[t[2]] > limit and t[2] not in stale)]
+            demoted = {i for i, d in durations.items() if (d > limit or i in flaky) and i not in stale}
+            if len(demoted) == len(open_):
+                demoted = set()  # nothing better to prefer
+            slow = [t for t in open_ if t[2] in demoted]
+            open_ = [t for t in open_ if t[2] not in demoted]
         else:
             slow = []
         ranked = [t[3] for t in open_]

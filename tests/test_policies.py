@@ -498,3 +498,20 @@ def test_least_loaded_sends_only_overflow_to_a_much_slower_deployment() -> None:
     # unused for a while, it is ranked by load again, so a recovered deployment gets re-measured
     long_idle = Stats({"quick/m": busy_quick, "slowed/m": DeploymentStats(ttft_s=1.0, last_used_at=NOW - 60)})
     assert rank("least-loaded", [quick, slowed], long_idle) == ["slowed", "quick"]
+
+
+def test_least_loaded_sends_only_overflow_to_a_flaky_deployment() -> None:
+    """Each failure costs a retry with backoff; a deployment failing 5 % of attempts makes the tail."""
+    steady, flaky = cand("steady", 0, max_concurrency=10), cand("flaky", 1, max_concurrency=10)
+    stats = Stats({
+        "steady/m": DeploymentStats(in_flight=5, ttft_s=0.1, last_used_at=NOW),
+        "flaky/m": DeploymentStats(in_flight=0, ttft_s=0.1, error_rate=0.05, last_used_at=NOW),
+    })  # fmt: skip
+    assert rank("least-loaded", [steady, flaky], stats) == ["steady", "flaky"]
+    everyone_flaky = Stats(
+        {
+            "steady/m": DeploymentStats(in_flight=5, error_rate=0.1, last_used_at=NOW),
+            "flaky/m": DeploymentStats(in_flight=0, error_rate=0.05, last_used_at=NOW),
+        }
+    )
+    assert rank("least-loaded", [steady, flaky], everyone_flaky) == ["flaky", "steady"]  # then load decides
