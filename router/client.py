@@ -212,7 +212,7 @@ class AsyncRouter:
                 tasks.start_soon(poller.run)
             if self.shared is not None:
                 ids = {d.candidate.id for route in self._path.table.routes.values() for d in route.deployments}
-                tasks.start_soon(self.shared.run, self._path.circuits, ids)
+                tasks.start_soon(self.shared.run, self._path.circuits, ids, self.stats)
 
     @classmethod
     def from_config(

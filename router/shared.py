@@ -1,16 +1,18 @@
 """Shared state in Redis, for many router processes behind one view (`state: {backend: redis}`).
 
-Two things must hold across processes, so they go through Redis on the request path:
+One thing must hold exactly across processes, so it goes through Redis on the request path:
 concurrency slots of deployments with a `max_concurrency` (an atomic take-if-below-cap, each
-slot a lease that expires if its holder dies), and nothing else. Everything else is shared in
-the background, never in the ranking itself: circuit openings are published when they happen
-and read back every `refresh_s`, so a circuit opened by one process is respected by the others.
+slot a lease that expires if its holder dies). Everything else is shared in the background,
+never in the ranking itself: every `refresh_s` each process publishes its circuit openings and
+its view of each deployment (in-flight count, latency estimates, rate-limit headroom) and reads
+the others', which its stats then merge into what policies see.
 A Redis outage degrades to local state with one warning and recovers when Redis returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -20,6 +22,7 @@ from typing import Any
 import anyio
 
 from router.circuit import Circuits
+from router.stats import MemoryStats, PeerView
 
 logger = logging.getLogger("router")
 
@@ -52,6 +55,7 @@ class SharedState:
         self._take = self._redis.register_script(_TAKE_SLOT)
         self._outbox: dict[str, tuple[float, str]] = {}
         self._down = False
+        self._me = uuid.uuid4().hex
 
     def _failed(self, error: Exception) -> None:
         if not self._down:
@@ -90,21 +94,38 @@ class SharedState:
         """Queue a circuit opening for the next publish (called from the circuit, synchronously)."""
         self._outbox[candidate_id] = (until_epoch, why)
 
-    async def sync(self, circuits: Circuits, candidate_ids: Iterable[str]) -> None:
-        """Publish this process's new circuit openings; apply the other processes' ones."""
+    async def sync(self, circuits: Circuits, candidate_ids: Iterable[str], stats: MemoryStats | None = None) -> None:
+        """Publish this process's circuit openings and stats; apply the other processes' ones."""
         ids = list(candidate_ids)
         outbox, self._outbox = self._outbox, {}
+        now_epoch, now = time.time(), anyio.current_time()
+        keep_ms = max(1000, int(self.refresh_s * 10_000))
         try:
-            for candidate_id, (until, why) in outbox.items():
-                ttl_ms = max(1, int((until - time.time()) * 1000))
-                await self._redis.set(self._prefix + "circuit:" + candidate_id, f"{until}|{why}", px=ttl_ms)
-            values = await self._redis.mget([self._prefix + "circuit:" + i for i in ids]) if ids else []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for candidate_id, (until, why) in outbox.items():
+                    ttl_ms = max(1, int((until - now_epoch) * 1000))
+                    pipe.set(self._prefix + "circuit:" + candidate_id, f"{until}|{why}", px=ttl_ms)
+                for candidate_id in ids if stats is not None else ():
+                    report = stats.local_report(candidate_id, now) if stats is not None else None
+                    if report is not None:
+                        key = self._prefix + "stats:" + candidate_id
+                        pipe.hset(key, self._me, json.dumps({**report, "at": now_epoch}))
+                        pipe.pexpire(key, keep_ms)
+                for candidate_id in ids:
+                    pipe.get(self._prefix + "circuit:" + candidate_id)
+                for candidate_id in ids if stats is not None else ():
+                    pipe.hgetall(self._prefix + "stats:" + candidate_id)
+                replies = await pipe.execute()
         except Exception as error:
             self._outbox = {**outbox, **self._outbox}
             self._failed(error)
             return
         self._ok()
-        now_epoch, now = time.time(), anyio.current_time()
+        peers = replies[-len(ids) :] if stats is not None and ids else []
+        values = replies[len(replies) - len(ids) - len(peers) : len(replies) - len(peers)] if ids else []
+        if stats is not None:
+            for candidate_id, fields in zip(ids, peers, strict=True):
+                stats.apply_peers(candidate_id, self._merge(fields, now_epoch, now))
         for candidate_id, value in zip(ids, values, strict=True):
             if value is None:
                 continue
@@ -113,11 +134,37 @@ class SharedState:
             if remaining > 0:
                 circuits.open_remotely(candidate_id, now + remaining, f"opened by another process: {why}")
 
-    async def run(self, circuits: Circuits, candidate_ids: Iterable[str]) -> None:
+    def _merge(self, fields: dict[bytes, bytes], now_epoch: float, now: float) -> PeerView | None:
+        """The other processes' fresh reports of one deployment, combined."""
+        reports = []
+        for owner, raw in fields.items():
+            if owner.decode() == self._me:
+                continue
+            report = json.loads(raw)
+            if now_epoch - report.get("at", 0) <= self.refresh_s * 4:  # a dead process's report goes stale
+                reports.append(report)
+        if not reports:
+            return None
+
+        def values(name: str) -> list[float]:
+            return [r[name] for r in reports if isinstance(r.get(name), (int, float))]
+
+        limited = [r["limited_for_s"] - (now_epoch - r["at"]) for r in reports if r.get("limited_for_s")]
+        return PeerView(
+            in_flight=int(sum(values("in_flight"))),
+            ttft_s=max(values("ttft_s"), default=None),
+            latency_s=max(values("latency_s"), default=None),
+            tokens_per_s=min(values("tokens_per_s"), default=None),
+            limited_until=now + max(limited) if limited and max(limited) > 0 else None,
+            remaining_requests=min(values("remaining_requests"), default=None),
+            remaining_tokens=min(values("remaining_tokens"), default=None),
+        )
+
+    async def run(self, circuits: Circuits, candidate_ids: Iterable[str], stats: MemoryStats | None = None) -> None:
         """Sync every `refresh_s` until cancelled."""
         ids = list(candidate_ids)
         while True:
-            await self.sync(circuits, ids)
+            await self.sync(circuits, ids, stats)
             await anyio.sleep(self.refresh_s)
 
     async def aclose(self) -> None:

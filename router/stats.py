@@ -74,6 +74,20 @@ class _Deployment:
     latency_samples: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
 
 
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """What the other router processes report of one deployment (shared state)."""
+
+    in_flight: int = 0
+    ttft_s: float | None = None
+    latency_s: float | None = None
+    tokens_per_s: float | None = None
+    limited_until: float | None = None
+    """On this process's clock."""
+    remaining_requests: float | None = None
+    remaining_tokens: float | None = None
+
+
 @dataclass(slots=True)
 class _Server:
     load: ServerLoad | None = None
@@ -86,6 +100,7 @@ class MemoryStats:
     def __init__(self) -> None:
         self._deployments: dict[str, _Deployment] = {}
         self._servers: dict[str, _Server] = {}
+        self._peers: dict[str, PeerView] = {}
 
     def _get(self, candidate_id: str) -> _Deployment:
         found = self._deployments.get(candidate_id)
@@ -182,6 +197,28 @@ class MemoryStats:
         ordered = sorted(samples)
         return ordered[min(len(ordered) - 1, int(percentile * len(ordered)))]
 
+    def apply_peers(self, candidate_id: str, peers: PeerView | None) -> None:
+        """The other processes' latest report of a deployment (None: none of them has one)."""
+        if peers is None:
+            self._peers.pop(candidate_id, None)
+        else:
+            self._peers[candidate_id] = peers
+
+    def local_report(self, candidate_id: str, now: float) -> dict[str, float | None] | None:
+        """This process's own view of a deployment, to publish for the others."""
+        d = self._deployments.get(candidate_id)
+        if d is None:
+            return None
+        return {
+            "in_flight": d.in_flight,
+            "ttft_s": d.ttft.read(now) if d.ttft else None,
+            "latency_s": d.latency.read(now) if d.latency else None,
+            "tokens_per_s": d.tokens_per_s,
+            "limited_for_s": (d.limited_until - now) if d.limited_until and d.limited_until > now else None,
+            "remaining_requests": _current(d.remaining_requests, now),
+            "remaining_tokens": _current(d.remaining_tokens, now),
+        }
+
     def view(self, now: float) -> StatsSnapshot:
         """A read-only view as of `now`, for one ranking."""
         return StatsSnapshot(self, now)
@@ -190,29 +227,45 @@ class MemoryStats:
         """What policies see of one deployment at `now`."""
         d = self._deployments.get(candidate_id)
         server = self._servers.get(candidate_id.split("/", 1)[0])
-        if d is None and server is None:
+        peers = self._peers.get(candidate_id)
+        if d is None and server is None and peers is None:
             return None
         d = d or _Deployment()
+        p = peers or _NO_PEERS
         load = server.load if server else None
+        limited = max((t for t in (d.limited_until, p.limited_until) if t is not None and t > now), default=None)
         return DeploymentStats(
-            in_flight=d.in_flight,
+            in_flight=d.in_flight + p.in_flight,
             requests=d.requests,
             failures=d.failures,
             error_rate=d.error_rate * math.exp(-max(0.0, now - d.error_stamp) / _ERROR_WINDOW_S),
-            ttft_s=d.ttft.read(now) if d.ttft else None,
-            latency_s=d.latency.read(now) if d.latency else None,
-            tokens_per_s=d.tokens_per_s,
+            ttft_s=_worst(d.ttft.read(now) if d.ttft else None, p.ttft_s),
+            latency_s=_worst(d.latency.read(now) if d.latency else None, p.latency_s),
+            tokens_per_s=d.tokens_per_s if d.tokens_per_s is not None else p.tokens_per_s,
             last_used_at=d.last_used_at,
             server_running=load.running if load else None,
             server_waiting=load.waiting if load else None,
             server_slots=load.slots if load else None,
             kv_cache_usage=load.kv_cache_usage if load else None,
             probe_ok=server.probe_ok if server else None,
-            limited_until=d.limited_until if d.limited_until is not None and d.limited_until > now else None,
+            limited_until=limited,
             cached_share=d.cached_share or 0.0,
-            remaining_requests=_current(d.remaining_requests, now),
-            remaining_tokens=_current(d.remaining_tokens, now),
+            remaining_requests=_least(_current(d.remaining_requests, now), p.remaining_requests),
+            remaining_tokens=_least(_current(d.remaining_tokens, now), p.remaining_tokens),
         )
+
+
+_NO_PEERS = PeerView()
+
+
+def _worst(mine: float | None, theirs: float | None) -> float | None:
+    """Of two latency estimates, the higher (peak-EWMA's spirit: slowness shows at once)."""
+    return mine if theirs is None else theirs if mine is None else max(mine, theirs)
+
+
+def _least(mine: float | None, theirs: float | None) -> float | None:
+    """Of two headroom readings, the tighter."""
+    return mine if theirs is None else theirs if mine is None else min(mine, theirs)
 
 
 def _headroom(window: RateLimitWindow | None, now: float) -> tuple[float, float] | None:

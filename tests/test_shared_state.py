@@ -124,3 +124,32 @@ async def test_a_redis_outage_degrades_to_local_state_and_recovers(redis_server:
             reply = await router.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
             assert reply.choices[0].message.content == "from a"
             assert router.shared is not None and not router.shared._down
+
+
+@pytest.mark.anyio
+async def test_headroom_latency_and_in_flight_are_shared(redis_server: RedisServer) -> None:
+    """Two routers (as two processes would): what one learns, the other ranks by, without Redis in the ranking."""
+    exhausted = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "60s"}
+    answer = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "from a"}, "finish_reason": "stop"}],
+    }
+    with FaultServer(a=status(200, body=answer, headers=exhausted), b=ok("from b", ttft=1.0)) as fault:
+        cfg = config(fault, redis_server)
+        async with AsyncRouter.from_config(cfg) as first, AsyncRouter.from_config(cfg) as second:
+            hi = [{"role": "user", "content": "hi"}]
+            await first.chat.completions.create(model="m", messages=hi)  # a answers, but its headroom is gone
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(lambda: first.chat.completions.create(model="m", messages=hi))  # holds b for 1 s
+                await anyio.sleep(0.3)  # a few refreshes
+                seen = second.stats.view(anyio.current_time())
+                a_view, b_view = seen.get("a/m"), seen.get("b/m")
+                assert a_view is not None and a_view.remaining_requests == 0
+                assert b_view is not None and b_view.in_flight == 1  # the other router's request
+                record = await second.explain(model="m", messages=hi)
+                assert [line.candidate for line in record.ranking] == ["b/m", "a/m"]  # a ranks last until reset
+    assert fault.count("a") == 1
