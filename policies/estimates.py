@@ -114,7 +114,7 @@ def expected_cost_usd(
         # the share of the prompt this provider recently served from its prompt cache (DeepSeek's hits)
         request = replace(request, cached_prompt_tokens=round(request.prompt_tokens * stats.cached_share))
     cost = token_cost_usd(price, request)
-    if price.per_hour is not None:
+    if price.per_hour:  # a free machine costs nothing, however long (and 0 × an endless estimate is not NaN)
         cost += price.per_hour * _PER_SECOND_OF_HOUR * expected_duration_s(candidate, stats, request)
     return cost
 

@@ -59,7 +59,9 @@ class _Deployment:
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
-    error_rate: float = 0.0
+    recent_failures: float = 0.0
+    """Failures and attempts, each decayed with τ = `_ERROR_WINDOW_S`: their ratio is the recent error rate."""
+    recent_attempts: float = 0.0
     error_stamp: float = 0.0
     ttft: PeakEwma | None = None
     latency: PeakEwma | None = None
@@ -133,8 +135,9 @@ class MemoryStats:
         d = self._get(candidate_id)
         d.in_flight = max(0, d.in_flight - 1)
         d.requests += 1
-        weight = math.exp(-max(0.0, now - d.error_stamp) / _ERROR_WINDOW_S) if d.requests > 1 else 0.0
-        d.error_rate = d.error_rate * weight + (0.0 if ok else 1.0) * (1.0 - weight)
+        weight = math.exp(-max(0.0, now - d.error_stamp) / _ERROR_WINDOW_S)
+        d.recent_attempts = d.recent_attempts * weight + 1.0
+        d.recent_failures = d.recent_failures * weight + (0.0 if ok else 1.0)
         d.error_stamp = now
         if not ok:
             d.failures += 1
@@ -238,7 +241,7 @@ class MemoryStats:
             in_flight=d.in_flight + p.in_flight,
             requests=d.requests,
             failures=d.failures,
-            error_rate=d.error_rate * math.exp(-max(0.0, now - d.error_stamp) / _ERROR_WINDOW_S),
+            error_rate=d.recent_failures / d.recent_attempts if d.recent_attempts else 0.0,
             ttft_s=_worst(d.ttft.read(now) if d.ttft else None, p.ttft_s),
             latency_s=_worst(d.latency.read(now) if d.latency else None, p.latency_s),
             tokens_per_s=d.tokens_per_s if d.tokens_per_s is not None else p.tokens_per_s,

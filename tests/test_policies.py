@@ -432,7 +432,9 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Candidate], Stats, RequestProfile]:
     return draw(st.permutations(cands)), Stats(by_id), request
 
 
-PROPERTY = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=200, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @PROPERTY
