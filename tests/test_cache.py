@@ -381,3 +381,18 @@ async def test_cache_explain(httpx2_mock: respx.Router) -> None:
     assert told["cacheable"] is False and "temperature 0 or a seed" in told["why"]
     assert told["key_fields"] == ["messages", "temperature"] and told["ignored_fields"] == ["stream", "user"]
     assert told["key"].startswith("ir:v1:t1:")
+
+
+async def test_a_dead_lock_holder_is_waited_out_then_bypassed(httpx2_mock: respx.Router) -> None:
+    """Single-flight across processes: if the holder of the key's lock dies, the lock expires and the
+    waiting call goes upstream itself instead of hanging."""
+    upstream = httpx2_mock.post(URL).mock(return_value=httpx.Response(200, json=completion()))
+    async with AsyncRouter.from_config(config()) as router:
+        assert router.cache is not None
+        key = cache_key(["a/m"], {"messages": HI, "temperature": 0})
+        assert await router.cache.store.acquire(key + ":lock", 0.3)  # a holder that will never release it
+        started = anyio.current_time()
+        reply = await router.chat.completions.create(model="m", messages=HI, temperature=0)
+        waited = anyio.current_time() - started
+    assert reply.choices[0].message.content == "cached?" and upstream.call_count == 1
+    assert 0.25 <= waited < 2.0

@@ -1,6 +1,8 @@
 """A cache store in one SQLite file: survives restarts, shared by the processes of one machine.
 
-Every SQLite call runs in a worker thread (`anyio.to_thread.run_sync`), so a slow disk or a
+Reads try a read-only connection on the loop's own thread first (in WAL mode a read never waits
+for a writer, and its busy timeout is 0, so it can't stall the loop on a lock); everything else,
+and a read that finds the file busy, runs in a worker thread (`anyio.to_thread.run_sync`), so a slow disk or a
 write lock held by another process never stalls the event loop. The store keeps one
 connection, used by one thread at a time (a per-store capacity limiter queues callers in async
 land; a thread lock guards the connection itself).
@@ -69,6 +71,9 @@ class SqliteStore:
         self.busy_timeout_s = busy_timeout_s
         self.purge_interval_s = purge_interval_s
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        """Read-only, never waiting (busy_timeout 0), used on the event loop's own thread: in WAL mode a
+        read doesn't wait for writers, so a hit skips the worker-thread hop; a busy reader falls back."""
         self._pid = os.getpid()  # the process that opened `_conn`
         self._conn_lock = threading.Lock()  # one thread on the connection at a time
         self._limiter: anyio.CapacityLimiter | None = None  # made on first use, inside the event loop
@@ -82,10 +87,20 @@ class SqliteStore:
     # -- the CacheStore interface --------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
+        query = "SELECT value FROM entries WHERE key = ? AND expires_at > ?"
+        reader = self._reader
+        if reader is not None and self._pid == os.getpid() and not self._closed:
+            try:
+                row = reader.execute(query, (key, time.time())).fetchone()
+            except sqlite3.Error:
+                pass  # busy, or the file changed under us: the worker thread decides
+            else:
+                return None if row is None else bytes(row[0])
+
         def op(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT value FROM entries WHERE key = ? AND expires_at > ?", (key, time.time())
-            ).fetchone()
+            row = conn.execute(query, (key, time.time())).fetchone()
+            if self._reader is None:
+                self._reader = self._open_reader()
             return None if row is None else bytes(row[0])
 
         return await self._run("read", op)
@@ -153,8 +168,10 @@ class SqliteStore:
         def close() -> None:
             with self._conn_lock:
                 conn, self._conn = self._conn, None
-                if conn is not None:
-                    conn.close()
+                reader, self._reader = self._reader, None
+                for each in (conn, reader):
+                    if each is not None:
+                        each.close()
 
         await anyio.to_thread.run_sync(close, limiter=self._get_limiter())
 
@@ -205,6 +222,13 @@ class SqliteStore:
             raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        reader = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        reader.execute("PRAGMA busy_timeout = 0")
+        return reader
 
     def _maybe_purge(self, conn: sqlite3.Connection, now: float) -> None:
         if now - self._last_purge >= self.purge_interval_s:
