@@ -197,6 +197,7 @@ class RequestPath:
         if entry is not None:
             record = call.record
             record.cached = True
+            record.cost_usd = 0.0
             record.cache_age_s = max(0.0, time.time() - entry.created)
             record.latency_s = anyio.current_time() - call.started
             record.complete = True
@@ -298,10 +299,29 @@ class RequestPath:
         record = call.record
         record.latency_s = now - call.started
         record.usage = completed.usage
+        record.cost_usd = self.cost_usd(candidate_id, completed.usage)
         record.rate_limits = completed.rate_limits
         record.complete = True
         attach_route(completed.completion, record)
         return completed.completion
+
+    def cost_usd(self, candidate_id: str, usage: Usage | None) -> float | None:
+        """What an answer cost on a deployment, from its usage and the price in effect now: uncached
+        prompt tokens at the input price, cache hits at the cached price, completion tokens (reasoning
+        included) at the output price. None when the deployment has no per-token price."""
+        if usage is None:
+            return None
+        deployment = self.table.deployment(candidate_id)
+        price = deployment.candidate_at(self.wall_clock()).price if deployment is not None else None
+        if price is None or (price.per_hour and not (price.input_per_mtok or price.output_per_mtok)):
+            return None
+        cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)
+        cached_rate = price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+        return (
+            (usage.prompt_tokens - cached) * price.input_per_mtok
+            + cached * cached_rate
+            + usage.completion_tokens * price.output_per_mtok
+        ) / 1_000_000
 
     async def stream(self, call: Call, tiers: list[ModelRoute], *, caller_wants_usage: bool) -> RouterStream:
         """Serve a streamed call: a cached answer replayed, or steps 3–5 with the answer stored as it ends."""
@@ -370,6 +390,7 @@ class RequestPath:
             include_usage=caller_wants_usage,
             recover=recover if call.streams.recover == "continue" else None,
             on_finish=on_finish,
+            pricing=self.cost_usd,
         )
 
     async def _continuation(

@@ -74,6 +74,8 @@ class RouteRecord:
     latency_s: float | None = None
     ttft_s: float | None = None
     usage: Usage | None = None
+    cost_usd: float | None = None
+    """What the answer cost (0 for a cache hit; None without a per-token price)."""
     cached: bool = False
     """Served from the response cache: nothing was sent, nothing billed."""
     cache_age_s: float | None = None

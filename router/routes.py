@@ -153,6 +153,14 @@ class RouteTable:
                     queue.append(self.routes[name])
         return tiers
 
+    def deployment(self, candidate_id: str) -> Deployment | None:
+        """The deployment with this `backend/model` id, wherever it is configured."""
+        for route in self.routes.values():
+            for deployment in route.deployments:
+                if deployment.candidate.id == candidate_id:
+                    return deployment
+        return None
+
     def probe_targets(self) -> dict[str, LoadReporter]:
         """Backends whose servers report their own load (vLLM, llama.cpp), by backend name."""
         if not self.config.load_probes.enabled:

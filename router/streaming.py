@@ -89,6 +89,7 @@ class RouterStream:
         include_usage: bool,
         recover: Recover | None = None,
         on_finish: OnFinish | None = None,
+        pricing: Callable[[str, Usage | None], float | None] | None = None,
     ) -> None:
         self._leg = leg
         self._buffered = deque(leg.buffered)
@@ -99,6 +100,7 @@ class RouterStream:
         self._include_usage = include_usage
         self._recover = recover
         self._on_finish = on_finish
+        self._pricing = pricing
         self._kept: list[ChatCompletionChunk] | None = [] if on_finish is not None else None
         self._text: list[str] = []
         self._delivered = 0
@@ -216,6 +218,8 @@ class RouterStream:
         record = self._record
         record.latency_s = anyio.current_time() - self._call_started
         record.usage = self._leg.upstream.usage
+        if self._pricing is not None and self._leg.attempt is not None:
+            record.cost_usd = self._pricing(self._leg.candidate_id, record.usage)
         record.complete = True
 
     def _finish(self, failure: ProviderError | None, *, outcome: str | None = None) -> None:

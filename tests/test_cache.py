@@ -206,7 +206,7 @@ async def test_a_deterministic_completion_is_served_from_the_cache(httpx2_mock: 
     assert upstream.call_count == 2
     assert second.model_dump() == first.model_dump()
     record = route_of(second)
-    assert record.cached and record.attempts == [] and record.cache_age_s is not None
+    assert record.cached and record.attempts == [] and record.cache_age_s is not None and record.cost_usd == 0.0
     assert record.usage is not None and record.usage.total_tokens == 5  # usage kept, nothing billed
     assert not route_of(first).cached and not route_of(hot).cached
 

@@ -297,3 +297,25 @@ async def test_a_request_larger_than_the_token_headroom_goes_elsewhere(httpx2_mo
         large = await router.explain(model="oss", messages=HI, max_tokens=1000, route={"policy": "ordered"})
     assert ranked(small)[0] == "cerebras"
     assert ranked(large) == ["deepseek", "groq", "cerebras"]
+
+
+async def test_route_records_carry_the_cost(httpx2_mock: respx.Router) -> None:
+    """Usage × the price in effect: DeepSeek at night, cache hits at the cached price (hand-computed)."""
+    answer = {
+        **completion("deepseek", cached=80),
+        "usage": {
+            "prompt_tokens": 100,
+            "completion_tokens": 50,
+            "total_tokens": 150,
+            "prompt_tokens_details": {"cached_tokens": 80},
+        },
+    }
+    httpx2_mock.post(URLS["deepseek"]).mock(return_value=httpx.Response(200, json=answer))
+    async with AsyncRouter.from_config(HOSTED) as router:
+        router._path.wall_clock = lambda: NIGHT
+        reply = await router.chat.completions.create(model="oss", messages=HI, route={"only": ["deepseek"]})
+        router._path.wall_clock = lambda: PEAK
+        peak = await router.chat.completions.create(model="oss", messages=HI, route={"only": ["deepseek"]})
+    # off-peak: 20 × $0.15 + 80 × $0.003 + 50 × $0.60 per million
+    assert route_of(reply).cost_usd == pytest.approx((20 * 0.15 + 80 * 0.003 + 50 * 0.60) / 1e6)
+    assert route_of(peak).cost_usd == pytest.approx((20 * 0.30 + 80 * 0.006 + 50 * 1.20) / 1e6)
