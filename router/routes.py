@@ -130,6 +130,10 @@ class RouteTable:
                 model.hedge or config.hedge,
                 model.cache,
             )
+        self._by_id: dict[str, Deployment] = {}
+        for route in self.routes.values():
+            for d in route.deployments:
+                self._by_id.setdefault(d.candidate.id, d)  # the first configured wins
         self.by_model_id = {
             model_id: ModelRoute(
                 model_id, tuple(found.values()), (), config.policy, config.retry, Constraints(), config.streams
@@ -155,11 +159,7 @@ class RouteTable:
 
     def deployment(self, candidate_id: str) -> Deployment | None:
         """The deployment with this `backend/model` id, wherever it is configured."""
-        for route in self.routes.values():
-            for deployment in route.deployments:
-                if deployment.candidate.id == candidate_id:
-                    return deployment
-        return None
+        return self._by_id.get(candidate_id)
 
     def probe_targets(self) -> dict[str, LoadReporter]:
         """Backends whose servers report their own load (vLLM, llama.cpp), by backend name."""
