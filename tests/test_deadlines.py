@@ -87,13 +87,14 @@ async def test_adaptive_deadlines_can_be_turned_off(httpx2_mock: respx.Router) -
     httpx2_mock.post("http://a.test/v1/chat/completions").mock(
         side_effect=lambda request: stream_after(0.0, silent=quiet["now"])
     )
-    async with AsyncRouter.from_config(config(adaptive_first_token=False, first_token_s=0.5)) as router:
+    httpx2_mock.post("http://b.test/v1/chat/completions").mock(side_effect=lambda request: stream_after(0.0))
+    async with AsyncRouter.from_config(config(adaptive_first_token=False, first_token_s=3.0)) as router:
         for _ in range(10):
             await consume(router)
         quiet["now"] = True
         path = router._path
         deployment = path.table.routes["m"].deployments[0]
-        assert path._first_token_s(deployment, True) == (0.5, False)
+        assert path._first_token_s(deployment, True) == (3.0, False)  # the configured deadline, not adapted
 
 
 async def test_a_non_streamed_backend_that_sends_headers_then_nothing_is_left_once_its_latency_is_known() -> None:
