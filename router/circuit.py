@@ -73,6 +73,12 @@ class Circuits:
         self._breakers: dict[str, _Breaker] = {}
         self.on_open: Callable[[str, float, str], None] | None = None
         """Told of every opening (candidate id, wall-clock end, why): shared state publishes it."""
+        self.on_change: Callable[[str, CircuitState, CircuitState, str], None] | None = None
+        """Told of every state change (candidate id, previous, new, why): telemetry and hooks."""
+
+    def _changed(self, candidate_id: str, previous: CircuitState, state: CircuitState, why: str) -> None:
+        if self.on_change is not None and previous is not state:
+            self.on_change(candidate_id, previous, state, why)
 
     def _get(self, candidate_id: str) -> _Breaker:
         breaker = self._breakers.get(candidate_id)
@@ -107,8 +113,9 @@ class Circuits:
             return False
         if breaker.probing:
             return False
-        breaker.state = CircuitState.HALF_OPEN
+        previous, breaker.state = breaker.state, CircuitState.HALF_OPEN
         breaker.probing = True
+        self._changed(candidate_id, previous, breaker.state, "cooldown over: one probe request let through")
         return True
 
     def record(
@@ -138,8 +145,9 @@ class Circuits:
         if healthy:
             breaker.consecutive = 0
             if probe or breaker.state is CircuitState.HALF_OPEN:
-                breaker.state = CircuitState.CLOSED
+                previous, breaker.state = breaker.state, CircuitState.CLOSED
                 breaker.cooldown_s = self.config.cooldown_s
+                self._changed(candidate_id, previous, breaker.state, "probe succeeded")
             return
         breaker.consecutive += 1
         breaker.last_errors.append(message or str(failure))
@@ -174,9 +182,10 @@ class Circuits:
     def _open(self, breaker: _Breaker, now: float, *, until: float, why: str, candidate_id: str = "") -> None:
         if breaker.state is CircuitState.OPEN and breaker.open_until >= until:
             return  # the later deadline wins
-        breaker.state = CircuitState.OPEN
+        previous, breaker.state = breaker.state, CircuitState.OPEN
         breaker.open_until = max(until, breaker.open_until)
         breaker.opened_by = why
+        self._changed(candidate_id, previous, breaker.state, why)
         if self.on_open is not None and candidate_id:
             self.on_open(candidate_id, time.time() + (breaker.open_until - now), why)
 
@@ -187,9 +196,10 @@ class Circuits:
             return
         if breaker.probing:
             return  # our own probe decides
-        breaker.state = CircuitState.OPEN
+        previous, breaker.state = breaker.state, CircuitState.OPEN
         breaker.open_until = until
         breaker.opened_by = why
+        self._changed(candidate_id, previous, breaker.state, f"opened by another process: {why}")
 
     def _remember(self, breaker: _Breaker, now: float, healthy: bool) -> None:
         outcomes = breaker.outcomes

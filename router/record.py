@@ -29,6 +29,8 @@ class Attempt:
     status_code: int | None = None
     error: str | None = None
     retry_after_s: float | None = None
+    sent: bool = True
+    """False when the router decided not to send it after all (circuit open, at its concurrency cap)."""
 
     def short(self) -> str:
         """`groq/openai/gpt-oss-120b rate_limited 0.12s`."""
@@ -61,6 +63,10 @@ class RouteRecord:
     alias: str | None
     policy: str
     stream: bool
+    tags: list[str] = field(default_factory=list)
+    """The call's `route={"tags": [...]}`: usage is aggregated by them."""
+    rule: str | None = None
+    """The config rule that matched the call (its `name`, or `rules[i]`), if any."""
     backend: str | None = None
     provider: str | None = None
     model: str | None = None

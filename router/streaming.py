@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletionChunk
 from providers import ProviderError, Usage, has_token
 from router.circuit import Circuits
 from router.errors import stream_interrupted
+from router.events import CallInfo, Observers
 from router.record import Attempt, RouteRecord, attach_route
 from router.stats import StatsStore
 
@@ -90,6 +91,8 @@ class RouterStream:
         recover: Recover | None = None,
         on_finish: OnFinish | None = None,
         pricing: Callable[[str, Usage | None], float | None] | None = None,
+        observers: Observers | None = None,
+        info: CallInfo | None = None,
     ) -> None:
         self._leg = leg
         self._buffered = deque(leg.buffered)
@@ -101,6 +104,9 @@ class RouterStream:
         self._recover = recover
         self._on_finish = on_finish
         self._pricing = pricing
+        self._observers = observers
+        self._info = info
+        self._told = False
         self._kept: list[ChatCompletionChunk] | None = [] if on_finish is not None else None
         self._text: list[str] = []
         self._delivered = 0
@@ -126,18 +132,22 @@ class RouterStream:
                     chunk = await self._leg.upstream.__anext__()
                 except StopAsyncIteration:
                     self._finish(None)
+                    self._tell(None)
                     await self._report(self._kept)
                     raise
                 except ProviderError as failure:
                     if await self._continue_after(failure):
                         continue
-                    await self._report(None)
-                    raise stream_interrupted(
+                    error = stream_interrupted(
                         failure, "".join(self._text), self._leg.upstream.usage, self._record.attempts, self._record
-                    ) from failure
-                except BaseException:
+                    )
+                    self._tell(error)
+                    await self._report(None)
+                    raise error from failure
+                except BaseException as error:
                     await self._leg.upstream.aclose()
                     self._finish(None, outcome="cancelled")
+                    self._tell(error)
                     await self._report(None)
                     raise
             if self._kept is not None:
@@ -151,6 +161,16 @@ class RouterStream:
             elif not self._include_usage and chunk.usage is not None:
                 continue  # we asked upstream for usage; the caller did not
             return chunk
+
+    def _tell(self, error: BaseException | None) -> None:
+        """Tell the observers, once, how the call ended (closed early by the caller counts as served)."""
+        if self._told or self._observers is None or self._info is None:
+            return
+        self._told = True
+        if error is None:
+            self._observers.call_succeeded(self._info)
+        else:
+            self._observers.call_failed(self._info, error)
 
     async def _report(self, chunks: list[ChatCompletionChunk] | None) -> None:
         await self._release()
@@ -212,6 +232,8 @@ class RouterStream:
             tokens_per_s=tokens_per_s,
             cached_share=cached_share,
         )
+        if self._observers is not None and self._info is not None:
+            self._observers.attempt_ended(self._info, leg.attempt)
 
     def _finish_record(self) -> None:
         self._done = True
@@ -233,6 +255,7 @@ class RouterStream:
         self._buffered.clear()
         await self._leg.upstream.aclose()
         self._finish(None)
+        self._tell(None)
         await self._report(None)
 
     aclose = close
