@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from policies import known_policies
 from providers import PROVIDERS
@@ -24,6 +24,7 @@ from providers import PROVIDERS
 ProviderKind = Literal["deepseek", "groq", "cerebras", "vllm", "llamacpp", "openai"]
 Path_ = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
 class _Strict(BaseModel):
@@ -224,6 +225,26 @@ class LoadProbes(_Strict):
     timeout_s: float = Field(1.0, gt=0)
 
 
+class UsageConfig(_Strict):
+    """Cost and usage accounting (`router.usage()`); with a `path`, also kept in a SQLite file."""
+
+    path: str | None = None
+    """A SQLite file the totals are added to, so `inference-router usage --since 1d` sees every run."""
+    flush_s: float = Field(5.0, gt=0)
+    """How often pending totals are written to the file (and always when the router closes)."""
+
+
+class TelemetryConfig(_Strict):
+    """Tracing and metrics exporters (optional extras `otel` and `prometheus`)."""
+
+    otel: Literal["auto", "on", "off"] = "auto"
+    """OpenTelemetry spans per call and attempt: `auto` when `opentelemetry-api` is installed."""
+    prometheus: bool = False
+    """Prometheus metrics in `router.metrics` (needs `prometheus-client`)."""
+    prometheus_port: int | None = Field(None, ge=0, le=65535)
+    """Also serve them over HTTP on this port (`/metrics`)."""
+
+
 class ModelConfig(_Strict):
     """An alias callers ask for: where it is served, and what to try when all of that fails."""
 
@@ -236,6 +257,68 @@ class ModelConfig(_Strict):
     streams: StreamPolicy | None = None
     hedge: HedgePolicy | None = None
     cache: CacheOverride | None = None
+
+
+class RuleMatch(_Strict):
+    """Facts of a request a rule looks at; every condition given must hold (none given: every call)."""
+
+    model: str | list[str] | None = None
+    """The alias (or model id) asked for, or any of a list."""
+    tags: list[str] | None = None
+    """Every one of these tags is among the call's `route={"tags": [...]}`."""
+    metadata: dict[str, str | list[str] | bool] | None = None
+    """The request's `metadata` has each key: equal to the string, one of the list, or (`true`) present at all."""
+    prompt_tokens_above: int | None = Field(None, ge=0)
+    """The estimated prompt is longer than this many tokens."""
+    prompt_tokens_below: int | None = Field(None, gt=0)
+    """The estimated prompt is shorter than this many tokens."""
+    tools: bool | None = None
+    """The request uses tools (true) or not (false)."""
+    response_format: bool | None = None
+    """The request sets `response_format` (true) or not (false)."""
+    stream: bool | None = None
+    hours_utc: str | None = None
+    """A UTC time window, `HH:MM-HH:MM`; it may wrap past midnight (`22:00-06:00`)."""
+
+    @field_validator("hours_utc")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and not _HOURS.match(value.replace(" ", "")):
+            raise ValueError("expected a UTC window `HH:MM-HH:MM`, e.g. `16:30-00:30`")
+        return None if value is None else value.replace(" ", "")
+
+
+class RuleSet(_Strict):
+    """The routing choices a matching rule makes; a per-call hint still beats each of them."""
+
+    policy: str | None = None
+    constraints: Constraints | None = None
+    """Field by field over the alias's constraints."""
+    only: list[str] | None = None
+    """Use only these backends, provider kinds or `backend/model` ids."""
+    exclude: list[str] | None = None
+    """Never use these backends, provider kinds or `backend/model` ids."""
+    fallbacks: list[str] | None = None
+    """Replace the alias's fallback aliases."""
+    deadline_s: float | None = Field(None, gt=0)
+    """Give up on the whole call after this many seconds."""
+    timeouts: TimeoutsOverride | None = None
+    retry: RetryOverride | None = None
+    cache: CacheOverride | None = None
+    hedge: HedgePolicy | Literal[False] | None = None
+    """Hedging settings, or `false` to turn the alias's hedging off."""
+    streams: StreamPolicy | None = None
+
+
+class RuleConfig(_Strict):
+    """One routing rule: when its `match` holds for a call, its `set` applies (the first such rule wins)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str | None = None
+    """Named in route records and `explain`; defaults to `rules[i]`."""
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    settings: RuleSet = Field(alias="set")
 
 
 class RouterConfig(_Strict):
@@ -253,6 +336,10 @@ class RouterConfig(_Strict):
     cache: CacheConfig | None = None
     """Off unless given."""
     state: StateConfig = Field(default_factory=StateConfig)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    """Routing rules, in order: the first whose `match` holds sets the call's routing choices."""
+    usage: UsageConfig = Field(default_factory=UsageConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
 
 def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:
@@ -412,10 +499,13 @@ def load_config(
             message = error["msg"]
             if error["type"] == "extra_forbidden":
                 message = "unknown field"
+            elif error["type"] == "value_error":
+                message = message.removeprefix("Value error, ")
             elif error["type"] == "literal_error" and loc and loc[-1] == "provider":
                 message = f"unknown provider {error.get('input')!r}; known: {', '.join(PROVIDERS)}"
             problems.append((loc, message))
     problems.extend(_cross_references(raw))
+    problems.extend(_rule_problems(raw, lambda path: _line_for(path, lines)))
     if problems:
         issues = [ConfigIssue(name, _line_for(p, lines), format_path(p), m) for p, m in problems]
         raise ConfigError(sorted(issues, key=lambda i: (i.line or 0, i.path)))
@@ -464,4 +554,144 @@ def _cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
                     (("models", alias, "fallbacks", i), f"unknown model {fallback!r}; known: {', '.join(models)}")
                 )
         check_policy(("models", alias, "policy"), model.get("policy"))
+    return problems
+
+
+def _rule_problems(raw: dict[str, Any], line_of: Callable[[Path_], int | None]) -> list[tuple[Path_, str]]:
+    """The rules' references (aliases, backends, policies), rules no call can reach, and rules or
+    alias constraints no deployment can satisfy. Each rule is checked on its own, so one broken
+    rule doesn't hide the others' problems."""
+    from router.rules import Rule
+
+    problems: list[tuple[Path_, str]] = []
+    rules_raw = raw.get("rules")
+    if not isinstance(rules_raw, list):
+        return problems
+    backends: dict[str, Any] = raw["backends"] if isinstance(raw.get("backends"), dict) else {}
+    models: dict[str, Any] = raw["models"] if isinstance(raw.get("models"), dict) else {}
+    model_ids = {
+        d.get("model")
+        for m in models.values()
+        if isinstance(m, dict) and isinstance(m.get("deployments"), list)
+        for d in m["deployments"]
+        if isinstance(d, dict)
+    }
+    deployment_ids = {
+        f"{d.get('backend')}/{d.get('model')}"
+        for m in models.values()
+        if isinstance(m, dict) and isinstance(m.get("deployments"), list)
+        for d in m["deployments"]
+        if isinstance(d, dict)
+    }
+    kinds = {b.get("provider") for b in backends.values() if isinstance(b, dict)}
+    policies = known_policies()
+    compiled: list[tuple[int, Rule]] = []
+    for i, rule_raw in enumerate(rules_raw):
+        here: Path_ = ("rules", i)
+        if not isinstance(rule_raw, dict):
+            continue
+        match: dict[str, Any] = rule_raw["match"] if isinstance(rule_raw.get("match"), dict) else {}
+        settings: dict[str, Any] = rule_raw["set"] if isinstance(rule_raw.get("set"), dict) else {}
+        asked = match.get("model")
+        for j, name in enumerate([asked] if isinstance(asked, str) else asked if isinstance(asked, list) else []):
+            if isinstance(name, str) and name not in models and name not in model_ids:
+                where = (*here, "match", "model") + ((j,) if isinstance(asked, list) else ())
+                problems.append((where, f"unknown model {name!r}; known: {', '.join(models) or 'none'}"))
+        policy = settings.get("policy")
+        if isinstance(policy, str) and policy not in policies:
+            problems.append(((*here, "set", "policy"), f"unknown policy {policy!r}; known: {', '.join(policies)}"))
+        fallbacks = settings.get("fallbacks")
+        for j, name in enumerate(fallbacks if isinstance(fallbacks, list) else []):
+            if isinstance(name, str) and name not in models:
+                problems.append(
+                    ((*here, "set", "fallbacks", j), f"unknown model {name!r}; known: {', '.join(models) or 'none'}")
+                )
+        for field_name in ("only", "exclude"):
+            names = settings.get(field_name)
+            for j, name in enumerate(names if isinstance(names, list) else []):
+                if isinstance(name, str) and name not in backends and name not in kinds and name not in deployment_ids:
+                    problems.append(
+                        (
+                            (*here, "set", field_name, j),
+                            f"unknown backend {name!r}; known backends: {', '.join(backends) or 'none'}"
+                            f" (or a provider kind in use, or a `backend/model` id)",
+                        )
+                    )
+        try:
+            known_keys = {k: v for k, v in rule_raw.items() if k in ("name", "match", "set")}
+            rule = Rule.compile(i, RuleConfig.model_validate(known_keys))
+        except ValidationError:
+            continue  # reported by the schema check
+        if (why := rule.never_matches()) is not None:
+            problems.append(((*here, "match"), f"this rule can never match: {why}"))
+        for j, earlier in compiled:
+            if earlier.covers(rule):
+                line = line_of(("rules", j))
+                at = f" (line {line})" if line else ""
+                problems.append((here, f"unreachable: rule {earlier.name!r}{at} matches every call this one does"))
+                break
+        compiled.append((i, rule))
+    problems.extend(_impossible(raw, compiled))
+    return problems
+
+
+def _impossible(raw: dict[str, Any], rules: list[tuple[int, Any]]) -> list[tuple[Path_, str]]:
+    """Alias constraints and rules that leave no deployment able to serve, at any hour (checked when the
+    backends and models themselves are valid)."""
+    from datetime import UTC, datetime, timedelta
+
+    from policies import DeploymentStats
+    from router.eligibility import Limits, RequestFacts, exclusion_reason
+    from router.routes import ModelRoute, RouteTable
+    from router.rules import apply_settings
+
+    try:
+        base = RouterConfig.model_validate({"backends": raw.get("backends"), "models": raw.get("models")})
+    except ValidationError:
+        return []
+    table = RouteTable(base)
+    facts = RequestFacts(prompt_tokens=0, max_output_tokens=1, uses_tools=False, uses_json_schema=False, stream=False)
+    midnight = datetime(2026, 1, 1, tzinfo=UTC)
+    day = [midnight + timedelta(minutes=30 * k) for k in range(48)]  # prices change on the half hour at most
+    nobody: dict[str, DeploymentStats] = {}  # no stats: judged on config and list prices alone
+
+    def servable(route: ModelRoute) -> bool:
+        c = route.constraints
+        limits = Limits(
+            max_input_per_mtok=c.max_input_per_mtok,
+            max_output_per_mtok=c.max_output_per_mtok,
+            only=route.only,
+            exclude=route.exclude,
+        )
+        return any(
+            exclusion_reason(d.candidate_at(when), d.serves, facts, limits, nobody) is None
+            for d in route.deployments
+            for when in day
+        )
+
+    problems: list[tuple[Path_, str]] = []
+    for alias, route in table.routes.items():
+        c = route.constraints
+        if (c.max_input_per_mtok is not None or c.max_output_per_mtok is not None) and not servable(route):
+            problems.append(
+                (("models", alias, "constraints"), "no deployment of this model meets these price caps at any hour")
+            )
+    for i, rule in rules:
+        targets = sorted(rule.models) if rule.models is not None else list(table.routes)
+        settings = rule.settings
+        dead = []
+        for name in targets:
+            try:
+                tiers = table.resolve(name, fallbacks=settings.fallbacks)
+            except Exception:
+                continue  # an unknown name: reported above
+            applied = [apply_settings(route, settings, first=k == 0) for k, route in enumerate(tiers)]
+            if not any(servable(route) for route in applied):
+                dead.append(name)
+        if dead and (rule.models is not None or len(dead) == len(targets)):
+            field_name = next((f for f in ("only", "exclude", "constraints") if getattr(settings, f) is not None), "")
+            path: Path_ = ("rules", i, "set", field_name) if field_name else ("rules", i, "set")
+            problems.append(
+                (path, f"impossible: no deployment of {', '.join(map(repr, dead))} can serve under this rule")
+            )
     return problems

@@ -122,9 +122,9 @@ def exclusion_reason(
 ) -> str | None:
     """Why `candidate` may not serve this call, or None when it may."""
     if limits.only and not names_match(candidate, limits.only):
-        return "not in the call's `only` list"
+        return "not in the `only` list (hint or rule)"
     if limits.exclude and names_match(candidate, limits.exclude):
-        return "excluded by the call's `exclude` hint"
+        return "excluded by `exclude` (hint or rule)"
     needs = set(limits.require)
     if facts.uses_tools:
         needs.add("tools")

@@ -26,6 +26,7 @@ from router.config import (
 )
 from router.eligibility import Serves
 from router.errors import unknown_model
+from router.rules import RuleBook
 
 
 @dataclass(slots=True)
@@ -70,6 +71,10 @@ class ModelRoute:
     streams: StreamPolicy
     hedge: HedgePolicy | None = None
     cache: CacheOverride | None = None
+    only: tuple[str, ...] = ()
+    """Set by a rule: use only these backends, provider kinds or `backend/model` ids."""
+    exclude: tuple[str, ...] = ()
+    """Set by a rule: never use these."""
 
 
 class RouteTable:
@@ -141,9 +146,10 @@ class RouteTable:
             for model_id, found in by_model.items()
             if model_id not in self.routes
         }
+        self.rules = RuleBook(config.rules)
 
-    def resolve(self, model: str) -> list[ModelRoute]:
-        """The alias (or model id) asked for, then its fallbacks, breadth first, each once."""
+    def resolve(self, model: str, *, fallbacks: list[str] | None = None) -> list[ModelRoute]:
+        """The alias (or model id) asked for, then its fallbacks (or these, from a rule), breadth first, each once."""
         first = self.routes.get(model) or self.by_model_id.get(model)
         if first is None:
             raise unknown_model(model, list(self.routes))
@@ -151,7 +157,8 @@ class RouteTable:
         while queue:
             route = queue.pop(0)
             tiers.append(route)
-            for name in route.fallbacks:
+            names = fallbacks if route is first and fallbacks is not None else route.fallbacks
+            for name in names:
                 if name not in seen:
                     seen.add(name)
                     queue.append(self.routes[name])

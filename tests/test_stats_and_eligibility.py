@@ -93,7 +93,7 @@ CANDIDATE = Candidate("a/m", "a", "groq", "m", 0, price=Price(0.15, 0.60, 0.075)
         (Serves(), HI, False, Limits(max_input_per_mtok=0.2, max_output_per_mtok=0.6), None),
         (Serves(), HI, False, Limits(max_cost_usd=1e-9), "expected cost"),
         (Serves(), HI, False, Limits(max_ttft_s=0.01), "expected TTFT"),
-        (Serves(), HI, False, Limits(only=("b", "cerebras")), "not in the call's `only` list"),
+        (Serves(), HI, False, Limits(only=("b", "cerebras")), "not in the `only` list (hint or rule)"),
         (Serves(), HI, False, Limits(only=("groq",)), None),
         (Serves(), HI, False, Limits(exclude=("a/m",)), "excluded"),
     ],
