@@ -7,12 +7,15 @@ exception classes, while each call is routed across the configured backends.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -25,7 +28,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from pydantic import BaseModel
 
 from router.cache import ResponseCache
-from router.config import RouterConfig, load_config
+from router.circuit import Circuits
+from router.config import ConfigError, ConfigIssue, RouterConfig, load_config
+from router.events import EventKind, Hook, Hooks, Observer, Observers
 from router.health import DeploymentHealth, health_report
 from router.hints import RouteHints
 from router.load import LoadPoller
@@ -35,8 +40,10 @@ from router.routes import RouteTable
 from router.shared import SharedState
 from router.stats import MemoryStats
 from router.streaming import RouterStream
+from router.usage import UsageLedger, UsageRow
 
 T = TypeVar("T")
+logger = logging.getLogger("router")
 _NOT_SENT = (openai.NotGiven, openai.Omit)
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | RouterConfig
 
@@ -65,6 +72,32 @@ def _timeout_seconds(timeout: Any) -> float | None:
 
 def _as_config(source: ConfigSource, env: Mapping[str, str] | None) -> RouterConfig:
     return source if isinstance(source, RouterConfig) else load_config(source, env=env)
+
+
+def _exporters(config: RouterConfig) -> tuple[list[Observer], Any]:
+    """The tracing and metrics observers the `telemetry:` section asks for (and the metrics object)."""
+    telemetry = config.telemetry
+    observers: list[Observer] = []
+    metrics = None
+    if telemetry.otel != "off":
+        from router.otel import OTelObserver, otel_available
+
+        if telemetry.otel == "on" or otel_available():
+            try:
+                observers.append(OTelObserver())
+            except ImportError as exc:
+                raise ConfigError([ConfigIssue("<config>", None, "telemetry.otel", str(exc))]) from None
+    if telemetry.prometheus:
+        from router.metrics import PrometheusMetrics
+
+        try:
+            metrics = PrometheusMetrics()
+        except ImportError as exc:
+            raise ConfigError([ConfigIssue("<config>", None, "telemetry.prometheus", str(exc))]) from None
+        observers.append(metrics)
+        if telemetry.prometheus_port is not None:
+            metrics.serve(telemetry.prometheus_port)
+    return observers, metrics
 
 
 class AsyncCompletions:
@@ -140,7 +173,7 @@ class AsyncCompletions:
                 body[key] = _jsonable(value)
         if extra_body:
             body.update(_jsonable(dict(extra_body)))
-        path = self._router._path
+        path = self._router._path  # read once: a reload mid-call doesn't change this call's config
         call, tiers = path.start(
             model,
             body,
@@ -150,11 +183,9 @@ class AsyncCompletions:
             extra_headers=extra_headers,
             extra_query=extra_query,
         )
-        if streaming:
-            options = params.get("stream_options")
-            wants_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
-            return await path.stream(call, tiers, caller_wants_usage=wants_usage)
-        return await path.complete(call, tiers)
+        options = params.get("stream_options")
+        wants_usage = streaming and isinstance(options, Mapping) and bool(options.get("include_usage"))
+        return await path.serve(call, tiers, caller_wants_usage=wants_usage)
 
 
 class AsyncChat:
@@ -184,35 +215,137 @@ class AsyncRouter:
         self.cache = ResponseCache(config.cache) if config.cache is not None else None
         """The response cache (None unless `cache:` is configured); `cache.explain(...)` says how a
         request is keyed and whether it may be cached."""
-        state = config.state
-        self.shared = (
-            SharedState(state.url or "redis://127.0.0.1:6379/0", namespace=state.namespace, refresh_s=state.refresh_s)
-            if state.backend == "redis"
-            else None
-        )
-        self._path = RequestPath(
-            RouteTable(config), self._client, self.stats, random.Random(seed), cache=self.cache, shared=self.shared
-        )
+        self.shared = self._shared_state(config)
+        self.hooks = Hooks()
+        self.ledger = UsageLedger(config.usage.path, flush_s=config.usage.flush_s)
+        """Usage and cost totals (`router.usage()`), kept in `usage.path` too when configured."""
+        exporters, self.metrics = _exporters(config)
+        self.observers = Observers([self.hooks, self.ledger, *exporters])
+        """Everything told of calls, attempts and circuits; `observers.add(obj)` adds your own `Observer`."""
+        self._rng = random.Random(seed)
+        self._circuits = Circuits(config.circuit)
+        self._path = self._request_path(config)
+        self._retired: list[ResponseCache | SharedState] = []
         self._background: anyio.abc.TaskGroup | None = None
+        self._watch: tuple[Path, float] | None = None
+        self._reloaded: anyio.Event | None = None
+        self.reload_error: ConfigError | None = None
+        """Why the last reload (or watched change) was refused; None after a good one."""
         self.chat = AsyncChat(self)
 
-    async def run_background(self) -> None:
-        """Poll self-hosted backends' load and sync shared state until cancelled (started by `async with`)."""
-        async with anyio.create_task_group() as tasks:
-            targets = self._path.table.probe_targets()
-            if targets:
-                probes = self.config.load_probes
-                poller = LoadPoller(
-                    targets,
-                    self._client,
-                    self.stats.observe_server_load,
-                    interval_s=probes.interval_s,
-                    timeout_s=probes.timeout_s,
-                )
-                tasks.start_soon(poller.run)
+    @staticmethod
+    def _shared_state(config: RouterConfig) -> SharedState | None:
+        state = config.state
+        if state.backend != "redis":
+            return None
+        return SharedState(
+            state.url or "redis://127.0.0.1:6379/0", namespace=state.namespace, refresh_s=state.refresh_s
+        )
+
+    def _request_path(self, config: RouterConfig) -> RequestPath:
+        return RequestPath(
+            RouteTable(config),
+            self._client,
+            self.stats,
+            self._rng,
+            cache=self.cache,
+            shared=self.shared,
+            observers=self.observers,
+            circuits=self._circuits,
+        )
+
+    def on(self, event: EventKind, callback: Hook) -> Callable[[], None]:
+        """Call `callback(event)` on each event of this kind (`attempt_start`, `attempt_end`, `success`,
+        `failure`, `fallback`, `circuit_change`, `call_start`); returns a function that unregisters it.
+        A callback that raises is logged and ignored; callbacks run on the event loop, so keep them quick."""
+        return self.hooks.on(event, callback)
+
+    def usage(
+        self, *, group_by: tuple[str, ...] = ("backend", "model", "tag"), since_s: float | None = None
+    ) -> list[UsageRow]:
+        """This router's requests, attempts, tokens, cost, errors and cache hits, grouped (see README "Cost")."""
+        return self.ledger.usage(group_by=group_by, since_s=since_s)
+
+    async def reload(self, source: ConfigSource, *, env: Mapping[str, str] | None = None) -> RouterConfig:
+        """Swap in a new configuration atomically: calls in flight finish on the old one, new calls use
+        the new one, and stats and circuit state carry over for deployments that still exist.
+
+        An invalid config raises `ConfigError` and leaves the old one in force. `usage` and `telemetry`
+        settings are read once, when the router is made.
+        """
+        try:
+            config = _as_config(source, env)
+        except ConfigError as exc:
+            self.reload_error = exc
+            raise
+        if self.config.cache != config.cache:
+            if self.cache is not None:
+                self._retired.append(self.cache)  # calls in flight may still use it; closed with the router
+            self.cache = ResponseCache(config.cache) if config.cache is not None else None
+        if self.config.state != config.state:
             if self.shared is not None:
-                ids = {d.candidate.id for route in self._path.table.routes.values() for d in route.deployments}
-                tasks.start_soon(self.shared.run, self._path.circuits, ids, self.stats)
+                self._retired.append(self.shared)
+            self.shared = self._shared_state(config)
+        if (self.config.usage, self.config.telemetry) != (config.usage, config.telemetry):
+            logger.warning("reload: `usage` and `telemetry` changes take effect when a new router is made")
+        path = self._request_path(config)
+        self.stats.keep_only({d.candidate.id for route in path.table.routes.values() for d in route.deployments})
+        self._path, self.config, self.reload_error = path, config, None
+        if self._reloaded is not None:
+            self._reloaded.set()  # the load probes and shared-state sync follow the new table
+        logger.info("reloaded the config: %d backends, %d models", len(config.backends), len(config.models))
+        return config
+
+    async def watch_config(self, path: str | os.PathLike[str], *, interval_s: float = 1.0) -> None:
+        """Reload whenever the file's content changes, until cancelled; a bad edit is logged and the old
+        config kept (see `reload_error`). Polls (a stat and, on change, a hash) so it works on every
+        filesystem, editors' atomic renames and Kubernetes ConfigMap symlink swaps included."""
+        file = anyio.Path(path)
+        seen = await _fingerprint(file)
+        if seen is None:
+            raise FileNotFoundError(f"cannot watch {path}: it cannot be read")
+        while True:
+            await anyio.sleep(interval_s)
+            current = await _fingerprint(file)
+            if current == seen or current is None:
+                continue
+            seen = current
+            try:
+                await self.reload(Path(path))
+            except ConfigError as exc:
+                logger.error("config change in %s not applied; keeping the previous config:\n%s", path, exc)
+
+    async def run_background(self) -> None:
+        """Poll self-hosted backends' load, sync shared state, write usage totals and watch the config
+        file (when asked) until cancelled; `async with` starts it."""
+        async with anyio.create_task_group() as tasks:
+            if self.ledger.path is not None:
+                tasks.start_soon(self.ledger.run)
+            if self._watch is not None:
+                tasks.start_soon(partial(self.watch_config, self._watch[0], interval_s=self._watch[1]))
+            while True:  # the config-bound work restarts after each reload
+                self._reloaded = anyio.Event()
+                async with anyio.create_task_group() as bound:
+                    self._start_config_bound(bound)
+                    await self._reloaded.wait()
+                    bound.cancel_scope.cancel()
+
+    def _start_config_bound(self, tasks: anyio.abc.TaskGroup) -> None:
+        """The background work that follows the config: load probes and shared-state sync."""
+        targets = self._path.table.probe_targets()
+        if targets:
+            probes = self.config.load_probes
+            poller = LoadPoller(
+                targets,
+                self._client,
+                self.stats.observe_server_load,
+                interval_s=probes.interval_s,
+                timeout_s=probes.timeout_s,
+            )
+            tasks.start_soon(poller.run)
+        if self.shared is not None:
+            ids = {d.candidate.id for route in self._path.table.routes.values() for d in route.deployments}
+            tasks.start_soon(self.shared.run, self._path.circuits, ids, self.stats)
 
     @classmethod
     def from_config(
@@ -222,9 +355,18 @@ class AsyncRouter:
         env: Mapping[str, str] | None = None,
         http_client: httpx2.AsyncClient | None = None,
         seed: int | None = None,
+        watch: bool | float = False,
     ) -> AsyncRouter:
-        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`."""
-        return cls(_as_config(source, env), http_client=http_client, seed=seed)
+        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`.
+
+        `watch=True` (or a poll interval in seconds) reloads the file whenever it changes while the
+        router is open (`async with`)."""
+        router = cls(_as_config(source, env), http_client=http_client, seed=seed)
+        if watch is not False:
+            if isinstance(source, (Mapping, RouterConfig)):
+                raise ValueError("watch= needs a config file path")
+            router._watch = (Path(source), 1.0 if watch is True else float(watch))
+        return router
 
     @property
     def models(self) -> list[str]:
@@ -270,10 +412,11 @@ class AsyncRouter:
 
     async def aclose(self) -> None:
         """Stop background polling and close pooled connections (if the router created the client)."""
-        if self._background is not None:
-            background, self._background = self._background, None
-            background.cancel_scope.cancel()
-            await background.__aexit__(None, None, None)
+        await self._stop_background()
+        await self.ledger.aclose()
+        for retired in self._retired:
+            await retired.aclose()
+        self._retired.clear()
         if self.cache is not None:
             await self.cache.aclose()
         if self.shared is not None:
@@ -282,12 +425,21 @@ class AsyncRouter:
         if self._owns_client:
             await self._client.aclose()
 
-    async def __aenter__(self) -> AsyncRouter:
-        """Start the background load probes of self-hosted backends for the router's lifetime."""
-        if self._background is None and (self._path.table.probe_targets() or self.shared is not None):
+    async def _start_background(self) -> None:
+        if self._background is None:
             self._background = anyio.create_task_group()
             await self._background.__aenter__()
             self._background.start_soon(self.run_background)
+
+    async def _stop_background(self) -> None:
+        if self._background is not None:
+            background, self._background = self._background, None
+            background.cancel_scope.cancel()
+            await background.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> AsyncRouter:
+        """Start the background work (load probes, shared state, usage file, config watch) for the router's lifetime."""
+        await self._start_background()
         return self
 
     async def __aexit__(
@@ -484,3 +636,11 @@ class Router:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+async def _fingerprint(file: anyio.Path) -> str | None:
+    """A hash of the file's content (None: unreadable, e.g. mid-replace)."""
+    try:
+        return hashlib.sha256(await file.read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -37,9 +37,10 @@ from providers import (
 )
 from router.cache import Entry, Plan, ResponseCache
 from router.circuit import Circuits
-from router.config import HedgePolicy, RetryPolicy, StreamPolicy
+from router.config import HedgePolicy, RetryPolicy, StreamPolicy, Timeouts, TimeoutsOverride, merge_timeouts
 from router.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
 from router.errors import cache_miss, no_candidates, to_caller_error
+from router.events import CallInfo, CircuitChange, Observers
 from router.hints import RouteHints
 from router.record import Attempt, RankedCandidate, RouteRecord, attach_route
 from router.routes import Deployment, ModelRoute, RouteTable
@@ -79,6 +80,10 @@ class Call:
     deadline: float
     attempts_left: int
     streams: StreamPolicy
+    info: CallInfo
+    """What observers (hooks, usage, tracing, metrics) see of the call."""
+    timeouts: TimeoutsOverride | None = None
+    """A matching rule's per-attempt time limits, over each deployment's."""
     panic: bool = False
     """Every circuit was open: each deployment is tried once anyway."""
     extra_headers: Mapping[str, str] | None = None
@@ -115,6 +120,8 @@ class RequestPath:
         wall_clock: Callable[[], datetime] | None = None,
         cache: ResponseCache | None = None,
         shared: SharedState | None = None,
+        observers: Observers | None = None,
+        circuits: Circuits | None = None,
     ) -> None:
         self.table = table
         self.client = client
@@ -123,12 +130,19 @@ class RequestPath:
         self.wall_clock = wall_clock or (lambda: datetime.now(UTC))
         """The UTC time that prices are looked up for (DeepSeek's off-peak hours); replaceable in tests."""
         self._policies: dict[str, Policy] = {}
-        self.circuits = Circuits(table.config.circuit)
+        self.circuits = circuits or Circuits(table.config.circuit)
+        """Shared across reloads: a deployment's health outlives the config that named it."""
+        self.circuits.config = table.config.circuit
         self._hedges = _HedgeBudget()
         self.cache = cache
         self.shared = shared
+        self.observers = observers or Observers()
         if shared is not None:
             self.circuits.on_open = shared.circuit_opened
+        self.circuits.on_change = self._circuit_changed
+
+    def _circuit_changed(self, candidate_id: str, previous: str, state: str, why: str) -> None:
+        self.observers.circuit_changed(CircuitChange(candidate_id, previous, state, why))
 
     # 1. resolve -------------------------------------------------------------------------
 
@@ -143,19 +157,30 @@ class RequestPath:
         extra_headers: Mapping[str, str] | None,
         extra_query: Mapping[str, Any] | None,
     ) -> tuple[Call, list[ModelRoute]]:
-        """Resolve the model and open the call's budgets (deadline, attempts)."""
-        tiers = self.table.resolve(model)
+        """Resolve the model, apply the first matching rule, and open the call's budgets (deadline, attempts)."""
+        table = self.table
+        tiers = table.resolve(model)
+        facts = request_facts(body, stream=stream)
+        rule = table.rules.match(model, body, facts, hints.tags, self.wall_clock()) if table.rules else None
+        timeouts = deadline_s = None
+        if rule is not None:
+            tiers = table.rules.tiers(rule, table, model)
+            timeouts, deadline_s = rule.settings.timeouts, rule.settings.deadline_s
         first = tiers[0]
         now = anyio.current_time()
-        limits = [first.deployments[0].timeouts.total_s]
-        limits += [v for v in (hints.deadline_s, timeout_s) if v is not None]
+        total_s = first.deployments[0].timeouts.total_s
+        if timeouts is not None and timeouts.total_s is not None:
+            total_s = timeouts.total_s
+        limits = [total_s]
+        limits += [v for v in (hints.deadline_s if hints.deadline_s is not None else deadline_s, timeout_s) if v]
         record = RouteRecord(
             requested_model=model,
-            alias=first.name if first.name in self.table.routes else None,
+            alias=first.name if first.name in table.routes else None,
             policy=hints.policy or first.policy,
             stream=stream,
+            tags=list(hints.tags),
+            rule=rule.name if rule is not None else None,
         )
-        facts = request_facts(body, stream=stream)
         call = Call(
             body,
             stream,
@@ -167,6 +192,8 @@ class RequestPath:
             now + min(limits),
             first.retry.max_attempts,
             first.streams,
+            CallInfo(record, body),
+            timeouts,
             extra_headers=extra_headers,
             extra_query=extra_query,
         )
@@ -179,13 +206,15 @@ class RequestPath:
         if self.cache is None:
             return None
         hints = call.hints
-        candidates = [
-            d.candidate.id
-            for route in tiers
-            for d in route.deployments
-            if not (hints.only and not names_match(d.candidate, hints.only))
-            and not (hints.exclude and names_match(d.candidate, hints.exclude))
-        ]
+        candidates = []
+        for route in tiers:
+            only, exclude = hints.only or route.only, hints.exclude or route.exclude
+            candidates += [
+                d.candidate.id
+                for d in route.deployments
+                if not (only and not names_match(d.candidate, only))
+                and not (exclude and names_match(d.candidate, exclude))
+            ]
         return self.cache.plan(candidates, call.body, mode=hints.cache, ttl_s=hints.cache_ttl_s, alias=tiers[0].cache)
 
     async def _cached(self, call: Call, plan: Plan) -> Entry | None:
@@ -268,6 +297,22 @@ class RequestPath:
 
     # 4. attempt -------------------------------------------------------------------------
 
+    async def serve(
+        self, call: Call, tiers: list[ModelRoute], *, caller_wants_usage: bool
+    ) -> ChatCompletion | RouterStream:
+        """Serve the call and tell the observers how it went (a stream's end is told when it ends)."""
+        observers = self.observers
+        observers.call_started(call.info)
+        try:
+            if call.stream:
+                return await self.stream(call, tiers, caller_wants_usage=caller_wants_usage)
+            completion = await self.complete(call, tiers)
+        except BaseException as error:
+            observers.call_failed(call.info, error)
+            raise
+        observers.call_succeeded(call.info)
+        return completion
+
     async def complete(self, call: Call, tiers: list[ModelRoute]) -> ChatCompletion:
         """Serve a non-streamed call: from the cache, or the first deployment that answers."""
         plan = self.cache_plan(call, tiers)
@@ -342,6 +387,8 @@ class RequestPath:
                 stats=self.stats,
                 circuits=self.circuits,
                 include_usage=caller_wants_usage,
+                observers=self.observers,
+                info=call.info,
             )
         cache = self.cache
         assert cache is not None
@@ -391,6 +438,8 @@ class RequestPath:
             recover=recover if call.streams.recover == "continue" else None,
             on_finish=on_finish,
             pricing=self.cost_usd,
+            observers=self.observers,
+            info=call.info,
         )
 
     async def _continuation(
@@ -412,6 +461,7 @@ class RequestPath:
                 if call.attempts_left <= 0 or anyio.current_time() >= call.deadline:
                     return None
                 body = deployment.adapter.continuation({**base, "model": deployment.candidate.model}, text)
+                self.observers.fell_back(call.info, failed.candidate.id, deployment.candidate.id)
                 try:
                     served = await self._attempt_once(deployment, call, self._open_stream, body=body)
                 except ProviderError:
@@ -457,6 +507,8 @@ class RequestPath:
     ) -> _Served[T]:
         """Walk the tiers (alias, then fallbacks), each ranked; retry, then fall over."""
         last: ProviderError | None = None
+        failed_on: str | None = None
+        """The deployment that failed last: moving on from it is a fallback."""
         tried_any = False
         too_small: _ContextCeiling | None = None
         for route in tiers:
@@ -467,6 +519,7 @@ class RequestPath:
                     served = await self._hedged(call, route, route.hedge, ranked[0], ranked[1], operation)
                 except ProviderError as failure:
                     last = failure
+                    failed_on = ranked[1].candidate.id
                     ranked = ranked[2:]
                 else:
                     return served
@@ -477,10 +530,13 @@ class RequestPath:
                 if too_small is not None and too_small.excludes(deployment):
                     call.record.excluded.append(Exclusion(deployment.candidate.id, too_small.reason))
                     continue
+                if failed_on is not None:
+                    self.observers.fell_back(call.info, failed_on, deployment.candidate.id)
                 try:
                     served = await self._with_retries(deployment, route.retry, call, operation)
                 except ProviderError as failure:
                     last = failure
+                    failed_on = deployment.candidate.id
                     if failure.kind is FailureKind.CONTENT_FILTERED and route.retry.content_filter == "surface":
                         raise self._give_up(call, failure) from failure
                     if isinstance(failure, ContextTooLong):
@@ -564,7 +620,7 @@ class RequestPath:
                     first_failed.set()
                 return
             if winner:  # lost a photo finish: give back what it holds
-                await self._discard(served)
+                await self._discard(call, served)
                 return
             winner.append(served)
             scope.cancel()
@@ -579,15 +635,17 @@ class RequestPath:
             return winner[0]
         raise failures[-1] if failures else ProviderTimeout("the hedged attempts were cancelled")
 
-    async def _discard(self, served: _Served[Any]) -> None:
+    async def _discard(self, call: Call, served: _Served[Any]) -> None:
         """Release a successful attempt nobody will use (the loser of a hedge)."""
         result = served.result
-        now = anyio.current_time()
         if isinstance(result, _Opened):
             await result.upstream.aclose()
+        now = anyio.current_time()
         await self._give_back(served.deployment.candidate.id, served.slot)
         self.stats.end(served.deployment.candidate.id, now, ok=True, seconds=now - served.started)
         served.attempt.outcome = "hedge_lost"
+        if isinstance(result, _Opened):  # a stream's attempt ends when it is closed; a completion's already has
+            self.observers.attempt_ended(call.info, served.attempt)
 
     def _give_up(self, call: Call, failure: ProviderError) -> Exception:
         logger.warning("call failed: %s", call.record.summary())
@@ -653,8 +711,8 @@ class RequestPath:
         """One try: prepare the body for this provider, send it, write the attempt down."""
         candidate = deployment.candidate
         started = anyio.current_time()
-        timeouts = deployment.timeouts
-        first_token_s, adapted = self._first_token_s(deployment, call.stream)
+        timeouts = deployment.timeouts if call.timeouts is None else merge_timeouts(deployment.timeouts, call.timeouts)
+        first_token_s, adapted = self._first_token_s(timeouts, candidate.id, call.stream)
         deadlines = Deadlines(
             connect_s=max(0.001, min(timeouts.connect_s, call.deadline - started)),
             first_token_at=started + first_token_s,
@@ -668,13 +726,14 @@ class RequestPath:
             body = deployment.adapter.prepare(body or {**call.body, "model": candidate.model}, stream=call.stream)
         except ProviderError as failure:
             _failed(attempt, failure, 0.0)
+            attempt.sent = False
             raise
         if not call.panic and not self.circuits.admit(candidate.id, started):
             shut = Overloaded(
                 f"{candidate.id}: {self.circuits.blocked(candidate.id, started)}; not sent", retryable=False
             )
             _failed(attempt, shut, 0.0)
-            attempt.outcome = "circuit_open"
+            attempt.outcome, attempt.sent = "circuit_open", False
             raise shut
         cap = candidate.max_concurrency
         slot = await self.shared.take_slot(candidate.id, cap) if (self.shared and cap is not None) else None
@@ -686,32 +745,37 @@ class RequestPath:
             self.circuits.release(candidate.id)
             full = Overloaded(f"{candidate.id}: at its concurrency cap ({cap} in flight); not sent", retryable=False)
             _failed(attempt, full, 0.0)
-            attempt.outcome = "at_capacity"
+            attempt.outcome, attempt.sent = "at_capacity", False
             raise full
         call.attempts_left -= 1
+        self.observers.attempt_started(call.info, attempt)
         try:
             result = await operation(deployment, body, deadlines, call)
         except ProviderError as failure:
             now = anyio.current_time()
             self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            _failed(attempt, failure, now - started)
+            self.observers.attempt_ended(call.info, attempt)
             await self._give_back(candidate.id, slot)
             self._observe_failure(candidate.id, failure, now)
-            _failed(attempt, failure, now - started)
             raise
         except BaseException:
             now = anyio.current_time()
             self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
-            await self._give_back(candidate.id, slot)
-            self.circuits.release(candidate.id)
             attempt.outcome, attempt.seconds = "cancelled", now - started
+            self.observers.attempt_ended(call.info, attempt)
+            self.circuits.release(candidate.id)
+            await self._give_back(candidate.id, slot)
             raise
-        if call.stream:  # the slot is held until the stream ends
+        if call.stream:  # the slot is held (and the attempt open) until the stream ends
             result_slot = slot
         else:
             await self._give_back(candidate.id, slot)
             result_slot = None
         self.circuits.record(candidate.id, anyio.current_time(), failure=None)
         attempt.seconds = anyio.current_time() - started
+        if not call.stream:
+            self.observers.attempt_ended(call.info, attempt)
         record = call.record
         record.backend, record.provider, record.model = candidate.backend, candidate.provider, candidate.model
         return _Served(deployment, attempt, started, result, result_slot)
@@ -728,15 +792,12 @@ class RequestPath:
         if slot is not None and self.shared is not None:
             await self.shared.give_slot(candidate_id, slot)
 
-    def _first_token_s(self, deployment: Deployment, stream: bool) -> tuple[float, bool]:
+    def _first_token_s(self, t: Timeouts, candidate_id: str, stream: bool) -> tuple[float, bool]:
         """The first-token deadline: configured, or adapted to the deployment's observed TTFT so a
         fast backend that goes quiet is abandoned in seconds and a slow-but-working one is not cut off."""
-        t = deployment.timeouts
         if not t.adaptive_first_token:
             return t.first_token_s, False
-        observed = self.stats.first_token_percentile(
-            deployment.candidate.id, stream=stream, percentile=t.adaptive_percentile
-        )
+        observed = self.stats.first_token_percentile(candidate_id, stream=stream, percentile=t.adaptive_percentile)
         if observed is None:
             return t.first_token_s, False
         return min(t.first_token_s, max(t.adaptive_floor_s, observed * t.adaptive_factor)), True
@@ -859,8 +920,8 @@ def _limits(route: ModelRoute, hints: RouteHints) -> Limits:
         max_output_per_mtok=(
             hints.max_output_per_mtok if hints.max_output_per_mtok is not None else c.max_output_per_mtok
         ),
-        only=hints.only,
-        exclude=hints.exclude,
+        only=hints.only or route.only,
+        exclude=hints.exclude or route.exclude,
         require=hints.require,
     )
 

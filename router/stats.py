@@ -104,6 +104,13 @@ class MemoryStats:
         self._servers: dict[str, _Server] = {}
         self._peers: dict[str, PeerView] = {}
 
+    def keep_only(self, candidate_ids: set[str]) -> None:
+        """Forget deployments no longer configured (after a reload); the others keep their history."""
+        for gone in set(self._deployments) - candidate_ids:
+            del self._deployments[gone]
+        for gone in set(self._peers) - candidate_ids:
+            del self._peers[gone]
+
     def _get(self, candidate_id: str) -> _Deployment:
         found = self._deployments.get(candidate_id)
         if found is None:

@@ -94,7 +94,10 @@ async def test_adaptive_deadlines_can_be_turned_off(httpx2_mock: respx.Router) -
         quiet["now"] = True
         path = router._path
         deployment = path.table.routes["m"].deployments[0]
-        assert path._first_token_s(deployment, True) == (3.0, False)  # the configured deadline, not adapted
+        assert path._first_token_s(deployment.timeouts, deployment.candidate.id, True) == (
+            3.0,
+            False,
+        )  # the configured deadline, not adapted
 
 
 async def test_a_non_streamed_backend_that_sends_headers_then_nothing_is_left_once_its_latency_is_known() -> None:
