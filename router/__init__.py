@@ -11,11 +11,12 @@ it builds on take about half a second to import, paid only when a client is made
 
 from __future__ import annotations
 
-import logging
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-logging.getLogger("router").addHandler(logging.NullHandler())  # a library logs; the application decides where
+from router.logs import install as _install_logging
+
+_install_logging()  # the `router` logger: a NullHandler, and redaction of every secret it might see
 
 _EXPORTS = {
     "AsyncRouter": "router.client",

@@ -26,6 +26,7 @@ from router.config import (
 )
 from router.eligibility import Serves
 from router.errors import unknown_model
+from router.logs import register_secret
 from router.rules import RuleBook
 
 
@@ -88,6 +89,7 @@ class RouteTable:
             key = backend.api_key.get_secret_value() if backend.api_key is not None else None
             if key is None and cls.api_key_env:
                 key = os.environ.get(cls.api_key_env)
+            register_secret(key)
             self.adapters[name] = cls(base_url=backend.base_url, api_key=key, headers=backend.headers, name=name)
         self.routes: dict[str, ModelRoute] = {}
         by_model: dict[str, dict[str, Deployment]] = {}

@@ -7,6 +7,7 @@ outside CI it is skipped, so a contributor without the `local` extra can still r
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,56 @@ def require_local_extra() -> None:
     missing = [m for m in ("xllamacpp", "gguf", "numpy") if importlib.util.find_spec(m) is None]
     if missing:
         unavailable(f"llama.cpp tests need {', '.join(missing)}: pip install -e '.[test]'")
+
+
+class _EveryLogLine(logging.Handler):
+    """Keeps the formatted text of every log record the suite produces, at every level."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """Grep all log output of the whole suite for every API key any test configured.
+
+    Every adapter's key is recorded as it is made; at the end of the session none of them
+    (long enough to grep for) may appear in any log line, traceback included.
+    """
+    from providers.base import OpenAICompatible
+
+    keys: set[str] = set()
+    original = OpenAICompatible.__init__
+
+    def recording(self: OpenAICompatible, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        if self._api_key and len(self._api_key) >= 6:
+            keys.add(self._api_key)
+
+    OpenAICompatible.__init__ = recording  # type: ignore[method-assign]
+    capture = _EveryLogLine()
+    loggers = [logging.getLogger(name) for name in ("router", "providers", "policies", "httpx2", "httpcore2")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        yield
+    finally:
+        root.removeHandler(capture)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        OpenAICompatible.__init__ = original  # type: ignore[method-assign]
+    text = "\n".join(capture.lines)
+    leaked = sorted(key for key in keys if key in text)
+    assert len(capture.lines) > 100, "the log capture saw almost nothing: is the router logging at all?"
+    assert not leaked, f"API keys found in log output: {[k[:4] + '…' for k in leaked]}"
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ NIGHT = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)
 
 HOSTED = {
     "backends": {
-        "groq": {"provider": "groq", "api_key": "k1"},
-        "cerebras": {"provider": "cerebras", "api_key": "k2"},
-        "deepseek": {"provider": "deepseek", "api_key": "k3"},
+        "groq": {"provider": "groq", "api_key": "gsk_test_policy_1a2b"},
+        "cerebras": {"provider": "cerebras", "api_key": "csk-test-policy-3c4d"},
+        "deepseek": {"provider": "deepseek", "api_key": "sk-test-policy-5e6f"},
     },
     "models": {
         "oss": {

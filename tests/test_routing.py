@@ -35,8 +35,8 @@ def config(**overrides: Any) -> dict[str, Any]:
     """Two backends; alias `primary` (m1 on a, then m1 on b) falls back to alias `fallback` (m2 on b)."""
     base: dict[str, Any] = {
         "backends": {
-            "a": {"provider": "openai", "base_url": "http://a.test/v1", "api_key": "key-a"},
-            "b": {"provider": "openai", "base_url": "http://b.test/v1", "api_key": "key-b"},
+            "a": {"provider": "openai", "base_url": "http://a.test/v1", "api_key": "sk-test-route-a-4d1f"},
+            "b": {"provider": "openai", "base_url": "http://b.test/v1", "api_key": "sk-test-route-b-9e2c"},
         },
         "models": {
             "primary": {
@@ -340,7 +340,7 @@ async def test_request_fields_pass_through(httpx2_mock: respx.Router) -> None:
     assert body["model"] == "m1" and body["tools"] == tools and body["seed"] == 7 and body["top_k"] == 3
     assert body["max_completion_tokens"] == 5 and body["response_format"] == {"type": "json_object"}
     assert "temperature_unused" not in body and "stream" not in body
-    assert sent[0].headers["x-trace"] == "1" and sent[0].headers["authorization"] == "Bearer key-a"
+    assert sent[0].headers["x-trace"] == "1" and sent[0].headers["authorization"] == "Bearer sk-test-route-a-4d1f"
 
 
 async def test_buffer_commit_falls_over_even_after_the_first_token(httpx2_mock: respx.Router) -> None:
