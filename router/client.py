@@ -227,7 +227,8 @@ class AsyncRouter:
         self._path = self._request_path(config)
         self._retired: list[ResponseCache | SharedState] = []
         self._background: anyio.abc.TaskGroup | None = None
-        self._watch: tuple[Path, float] | None = None
+        self._watch: tuple[Path, float, str | None] | None = None
+        """(file, poll interval, hash of the content the config was loaded from)."""
         self._reloaded: anyio.Event | None = None
         self.reload_error: ConfigError | None = None
         """Why the last reload (or watched change) was refused; None after a good one."""
@@ -296,12 +297,14 @@ class AsyncRouter:
         logger.info("reloaded the config: %d backends, %d models", len(config.backends), len(config.models))
         return config
 
-    async def watch_config(self, path: str | os.PathLike[str], *, interval_s: float = 1.0) -> None:
+    async def watch_config(
+        self, path: str | os.PathLike[str], *, interval_s: float = 1.0, loaded: str | None = None
+    ) -> None:
         """Reload whenever the file's content changes, until cancelled; a bad edit is logged and the old
         config kept (see `reload_error`). Polls (a stat and, on change, a hash) so it works on every
         filesystem, editors' atomic renames and Kubernetes ConfigMap symlink swaps included."""
         file = anyio.Path(path)
-        seen = await _fingerprint(file)
+        seen = loaded or await _fingerprint(file)  # what the config in force was read from, if known
         if seen is None:
             raise FileNotFoundError(f"cannot watch {path}: it cannot be read")
         while True:
@@ -322,7 +325,8 @@ class AsyncRouter:
             if self.ledger.path is not None:
                 tasks.start_soon(self.ledger.run)
             if self._watch is not None:
-                tasks.start_soon(partial(self.watch_config, self._watch[0], interval_s=self._watch[1]))
+                file, interval_s, loaded = self._watch
+                tasks.start_soon(partial(self.watch_config, file, interval_s=interval_s, loaded=loaded))
             while True:  # the config-bound work restarts after each reload
                 self._reloaded = anyio.Event()
                 async with anyio.create_task_group() as bound:
@@ -365,7 +369,7 @@ class AsyncRouter:
         if watch is not False:
             if isinstance(source, (Mapping, RouterConfig)):
                 raise ValueError("watch= needs a config file path")
-            router._watch = (Path(source), 1.0 if watch is True else float(watch))
+            router._watch = (Path(source), 1.0 if watch is True else float(watch), _hash_of(Path(source)))
         return router
 
     @property
@@ -583,11 +587,13 @@ class Chat:
 class Router:
     """The blocking client: wraps one `AsyncRouter` running on a private event-loop thread."""
 
-    def __init__(self, config: RouterConfig, *, seed: int | None = None) -> None:
+    def __init__(self, config: RouterConfig, *, seed: int | None = None, watch: Path | None = None) -> None:
         self._loop = _LoopThread()
 
         async def build() -> AsyncRouter:
-            return AsyncRouter(config, seed=seed)
+            router = AsyncRouter(config, seed=seed)
+            router._watch = None if watch is None else (watch, 1.0, _hash_of(watch))
+            return router
 
         self._async = self._loop.call(build)
         self._background = self._loop.start(self._async.run_background)
@@ -596,10 +602,13 @@ class Router:
 
     @classmethod
     def from_config(
-        cls, source: ConfigSource, *, env: Mapping[str, str] | None = None, seed: int | None = None
+        cls, source: ConfigSource, *, env: Mapping[str, str] | None = None, seed: int | None = None, watch: bool = False
     ) -> Router:
-        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`."""
-        return cls(_as_config(source, env), seed=seed)
+        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`;
+        `watch=True` reloads the file whenever it changes."""
+        if watch and isinstance(source, (Mapping, RouterConfig)):
+            raise ValueError("watch= needs a config file path")
+        return cls(_as_config(source, env), seed=seed, watch=Path(source) if watch else None)  # type: ignore[arg-type]
 
     @property
     def models(self) -> list[str]:
@@ -619,6 +628,27 @@ class Router:
         """How a call would be routed, without sending it (see `AsyncRouter.explain`)."""
         return self._loop.call(partial(self._async.explain, model=model, messages=list(messages), **params))
 
+    def reload(self, source: ConfigSource, *, env: Mapping[str, str] | None = None) -> RouterConfig:
+        """Swap in a new configuration atomically (see `AsyncRouter.reload`)."""
+        config = self._loop.call(partial(self._async.reload, source, env=env))
+        self.config = config
+        return config
+
+    def on(self, event: EventKind, callback: Hook) -> Callable[[], None]:
+        """Register a hook (see `AsyncRouter.on`); it runs on the router's event-loop thread."""
+        return self._async.on(event, callback)
+
+    def usage(
+        self, *, group_by: tuple[str, ...] = ("backend", "model", "tag"), since_s: float | None = None
+    ) -> list[UsageRow]:
+        """Usage and cost totals (see `AsyncRouter.usage`)."""
+        return self._async.usage(group_by=group_by, since_s=since_s)
+
+    @property
+    def metrics(self) -> Any:
+        """The Prometheus metrics (`telemetry.prometheus: true`), else None."""
+        return self._async.metrics
+
     def __repr__(self) -> str:
         return f"<Router backends={list(self.config.backends)} models={self.models}>"
 
@@ -636,6 +666,14 @@ class Router:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _hash_of(path: Path) -> str | None:
+    """The content hash of a config file as it is now (at construction, before any loop runs)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 async def _fingerprint(file: anyio.Path) -> str | None:
