@@ -7,6 +7,7 @@ falls over. The text is noise (the weights are random); the routing, retries and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import anyio
 from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from router.record import RouteRecord
@@ -50,46 +52,72 @@ def _attempts(record: RouteRecord) -> str:
     return " → ".join(skipped + tried)
 
 
-async def _run(requests: int, console: Console, as_json: bool) -> list[_Row]:
+def _progress(console: Console | None) -> Progress:
+    """A transient bar of requests sent on the stderr console; disabled (silent) without one."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=console is None,
+    )
+
+
+async def _run(requests: int, progress: Console | None) -> list[_Row]:
+    """Start the servers, send the requests (killing servers midway), stop the servers.
+
+    `progress`: a stderr console for the spinner and bar (None when stderr is not a terminal or
+    the output is JSON), so stdout carries only the result.
+    """
     from router.client import AsyncRouter
     from router.local.llamacpp_server import LlamaCppServer
     from router.local.tiny_gguf import write_tiny_gguf
     from router.record import route_of
 
     rows: list[_Row] = []
+    servers: dict[str, LlamaCppServer] = {}
     with tempfile.TemporaryDirectory(prefix="inference-router-demo-") as folder:
         work = Path(folder)
-        with console.status("generating tiny models and starting three llama.cpp servers…"):
-            models = [write_tiny_gguf(work / f"tiny-{seed}.gguf", seed=seed) for seed in (0, 1)]
-            servers = {
-                "alpha": LlamaCppServer(models[0], log_path=work / "alpha.log"),
-                "beta": LlamaCppServer(models[0], log_path=work / "beta.log"),
-                "gamma": LlamaCppServer(models[1], log_path=work / "gamma.log"),
-            }
-            for server in servers.values():
-                server.start()
+        starting = progress.status("generating tiny models and starting three llama.cpp servers…") if progress else None
         try:
+            with starting or contextlib.nullcontext():
+                models = [write_tiny_gguf(work / f"tiny-{seed}.gguf", seed=seed) for seed in (0, 1)]
+                servers = {
+                    "alpha": LlamaCppServer(models[0], log_path=work / "alpha.log"),
+                    "beta": LlamaCppServer(models[0], log_path=work / "beta.log"),
+                    "gamma": LlamaCppServer(models[1], log_path=work / "gamma.log"),
+                }
+                for server in servers.values():
+                    server.start()  # a failure here still stops the ones already started (finally)
             env = {f"DEMO_{name.upper()}_URL": server.base_url for name, server in servers.items()}
             kills = {max(2, requests // 3 + 1): "alpha", max(3, 2 * requests // 3 + 1): "beta"}
             prompt: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about routing."}]
             async with AsyncRouter.from_config(demo_config_path(), env=env) as router:
-                for number in range(1, requests + 1):
-                    event = ""
-                    if number in kills:
-                        servers[kills[number]].kill()
-                        event = f"{kills[number]} killed"
-                    stream = number % 2 == 0
-                    if stream:
-                        chunks = await router.chat.completions.create(
-                            model="tiny-chat", messages=prompt, max_tokens=24, stream=True
-                        )
-                        text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
-                        record = route_of(chunks)
-                    else:
-                        reply = await router.chat.completions.create(model="tiny-chat", messages=prompt, max_tokens=24)
-                        text = reply.choices[0].message.content or ""
-                        record = route_of(reply)
-                    rows.append(_Row(number, "stream" if stream else "complete", event, record, text))
+                with _progress(progress) as bar:
+                    task = bar.add_task("routing requests", total=requests)
+                    for number in range(1, requests + 1):
+                        event = ""
+                        if number in kills:
+                            servers[kills[number]].kill()
+                            event = f"{kills[number]} killed"
+                        stream = number % 2 == 0
+                        if stream:
+                            chunks = await router.chat.completions.create(
+                                model="tiny-chat", messages=prompt, max_tokens=24, stream=True
+                            )
+                            text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+                            record = route_of(chunks)
+                        else:
+                            reply = await router.chat.completions.create(
+                                model="tiny-chat", messages=prompt, max_tokens=24
+                            )
+                            text = reply.choices[0].message.content or ""
+                            record = route_of(reply)
+                        rows.append(_Row(number, "stream" if stream else "complete", event, record, text))
+                        bar.update(task, advance=1, description=f"{event or 'routing requests'}")
         finally:
             for server in servers.values():
                 server.stop()
@@ -98,7 +126,8 @@ async def _run(requests: int, console: Console, as_json: bool) -> list[_Row]:
 
 def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
     """Run the demo and print what the router did; returns the process exit code."""
-    console = Console(stderr=as_json)
+    console = Console()
+    progress = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 110)
     if not as_json:
@@ -109,12 +138,14 @@ def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
             soft_wrap=True,
         )
     try:
-        rows = anyio.run(_run, requests, console, as_json)
+        rows = anyio.run(_run, requests, progress if progress.is_terminal and not as_json else None)
     except ModuleNotFoundError as exc:
-        console.print(
-            f"[red]the demo needs the `local` extra ({exc.name} is missing):[/] pip install 'inference-router[local]'"
-        )
-        return 2
+        message = f"the demo needs the `local` extra ({exc.name} is missing): pip install 'inference-router[local]'"
+        if as_json:
+            print(json.dumps({"error": {"type": "ModuleNotFoundError", "message": message}}))
+        else:
+            progress.print(f"[red]{message}[/]", markup=True, highlight=False)
+        return 1
     if as_json:
         print(
             json.dumps(

@@ -1,0 +1,12 @@
+"""`inference-router demo`: see `router.demo`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Run the demo with `--requests` requests (at least one)."""
+    from router.demo import run_demo
+
+    return run_demo(max(1, args.requests), as_json=args.json)
