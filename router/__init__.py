@@ -26,6 +26,9 @@ _EXPORTS = {
     "RouterConfig": "router.config",
     "load_config": "router.config",
     "RouteHints": "router.hints",
+    "Event": "router.events",
+    "Observer": "router.events",
+    "UsageRow": "router.usage",
     "Attempt": "router.record",
     "RouteRecord": "router.record",
     "route_of": "router.record",
@@ -64,9 +67,11 @@ __all__ = [
     "ConfigError",
     "ContentFilteredError",
     "ContextLengthExceededError",
+    "Event",
     "InternalServerError",
     "NoCandidatesError",
     "NotFoundError",
+    "Observer",
     "OverloadedError",
     "PermissionDeniedError",
     "QuotaExceededError",
@@ -81,6 +86,7 @@ __all__ = [
     "StreamInterruptedError",
     "UnknownModelError",
     "UnprocessableEntityError",
+    "UsageRow",
     "load_config",
     "route_of",
 ]
@@ -121,6 +127,8 @@ if TYPE_CHECKING:
         UnknownModelError,
         UnprocessableEntityError,
     )
+    from router.events import Event, Observer
     from router.hints import RouteHints
     from router.record import Attempt, RouteRecord, route_of
     from router.streaming import RouterStream
+    from router.usage import UsageRow
