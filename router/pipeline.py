@@ -623,6 +623,9 @@ class RequestPath:
                 await self._discard(call, served)
                 return
             winner.append(served)
+            for other in call.record.attempts:  # still in flight: observers are told it lost, not "cancelled"
+                if other is not served.attempt and other.sent and other.outcome == "ok":
+                    other.outcome = "hedge_lost"
             scope.cancel()
 
         async with anyio.create_task_group() as race:
@@ -762,7 +765,9 @@ class RequestPath:
         except BaseException:
             now = anyio.current_time()
             self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
-            attempt.outcome, attempt.seconds = "cancelled", now - started
+            if attempt.outcome != "hedge_lost":  # a hedge's winner marks the loser before cancelling it
+                attempt.outcome = "cancelled"
+            attempt.seconds = now - started
             self.observers.attempt_ended(call.info, attempt)
             self.circuits.release(candidate.id)
             await self._give_back(candidate.id, slot)

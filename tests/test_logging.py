@@ -53,3 +53,11 @@ def test_the_filter_redacts_registered_keys_tokens_and_tracebacks(caplog: pytest
 def test_short_values_are_not_registered() -> None:
     register_secret("k")  # a one-letter test key would turn every "k" in a log into [redacted]
     assert redact("keep kites") == "keep kites"
+
+
+def test_the_suite_wide_log_grep_is_listening() -> None:
+    """conftest's session fixture captures every record at DEBUG from the root logger."""
+    capture = [h for h in logging.getLogger().handlers if type(h).__name__ == "_EveryLogLine"]
+    assert capture and logging.getLogger("router").isEnabledFor(logging.DEBUG)
+    logging.getLogger("router").debug("marker %s", "seen-by-the-suite-grep")
+    assert any("seen-by-the-suite-grep" in line for line in capture[0].lines)  # type: ignore[attr-defined]
