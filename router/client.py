@@ -365,11 +365,14 @@ class AsyncRouter:
 
         `watch=True` (or a poll interval in seconds) reloads the file whenever it changes while the
         router is open (`async with`)."""
-        router = cls(_as_config(source, env), http_client=http_client, seed=seed)
+        watched: tuple[Path, float, str | None] | None = None
         if watch is not False:
             if isinstance(source, (Mapping, RouterConfig)):
                 raise ValueError("watch= needs a config file path")
-            router._watch = (Path(source), 1.0 if watch is True else float(watch), _hash_of(Path(source)))
+            # hashed before it is read: an edit in between differs from the hash and is reloaded
+            watched = (Path(source), 1.0 if watch is True else float(watch), _hash_of(Path(source)))
+        router = cls(_as_config(source, env), http_client=http_client, seed=seed)
+        router._watch = watched
         return router
 
     @property

@@ -610,7 +610,9 @@ class RequestPath:
                     await first_failed.wait()
                 if winner or not (first_failed.is_set() or self._hedges.spend(hedge.max_extra_fraction)):
                     return
-                if not first_failed.is_set():
+                if first_failed.is_set():  # not a duplicate: the next candidate after a failure
+                    self.observers.fell_back(call.info, first.candidate.id, deployment.candidate.id)
+                else:
                     call.record.hedged = True
             try:
                 served = await self._attempt_once(deployment, call, operation)

@@ -490,12 +490,15 @@ async def test_a_hedge_whose_first_attempt_fails_ends_both(httpx2_mock: respx.Ro
     httpx2_mock.post(B).mock(return_value=ok("model-b"))
     book = AttemptBook()
     cfg = with_model(config(), hedge={"after_s": 5.0, "max_extra_fraction": 1.0})
+    fallbacks: list[tuple[str | None, str | None]] = []
     async with AsyncRouter.from_config(cfg) as router:
         router.observers.add(book)
+        router.on("fallback", lambda event: fallbacks.append((event.from_deployment, event.to_deployment)))
         with anyio.fail_after(2):  # the duplicate goes at once when the first fails, not after 5 s
             reply = await router.chat.completions.create(model="chat", messages=HI)
-    assert route_of(reply).backend == "b"
+    assert route_of(reply).backend == "b" and not route_of(reply).hedged  # a fallback, not a duplicate
     assert book.balanced() and book.ended == [("a", "server_error"), ("b", "ok")]
+    assert fallbacks == [("a/model-a", "b/model-b")]
 
 
 async def test_stream_recovery_ends_the_broken_leg_and_the_continuation(httpx2_mock: respx.Router) -> None:
