@@ -267,7 +267,19 @@ class RuleMatch(_Strict):
     tags: list[str] | None = None
     """Every one of these tags is among the call's `route={"tags": [...]}`."""
     metadata: dict[str, str | list[str] | bool] | None = None
-    """The request's `metadata` has each key: equal to the string, one of the list, or (`true`) present at all."""
+    """The request's `metadata` has each key: equal to the string, one of the (non-empty) list, or (`true`)
+    with any value; `false`: the key is absent."""
+
+    @field_validator("metadata")
+    @classmethod
+    def _no_empty_lists(
+        cls, value: dict[str, str | list[str] | bool] | None
+    ) -> dict[str, str | list[str] | bool] | None:
+        for key, accepted in (value or {}).items():
+            if isinstance(accepted, list) and not accepted:
+                raise ValueError(f"metadata.{key}: an empty list matches nothing; use `false` for an absent key")
+        return value
+
     prompt_tokens_above: int | None = Field(None, ge=0)
     """The estimated prompt is longer than this many tokens."""
     prompt_tokens_below: int | None = Field(None, gt=0)

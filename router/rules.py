@@ -33,15 +33,17 @@ def window_minutes(hours_utc: str) -> frozenset[int]:
     return frozenset(range(start, _DAY)) | frozenset(range(0, end))
 
 
+ABSENT: frozenset[str] = frozenset()
+"""The metadata condition `key: false`: the request's metadata must not have the key."""
+
+
 def _values(value: str | list[str] | bool) -> frozenset[str] | None:
-    """A metadata condition as the set of accepted values (None: the key just has to be there)."""
+    """A metadata condition as the set of accepted values (None: any value; `ABSENT`: no such key)."""
     if value is True:
         return None
-    if isinstance(value, str):
-        return frozenset((value,))
-    if isinstance(value, list):
-        return frozenset(value)
-    return frozenset()  # `false`: no value is accepted
+    if value is False:
+        return ABSENT
+    return frozenset((value,)) if isinstance(value, str) else frozenset(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,10 @@ class Rule:
         if self.tags and not self.tags <= tags:
             return False
         for key, accepted in self.metadata:
-            if key not in metadata or (accepted is not None and str(metadata[key]) not in accepted):
+            if accepted is ABSENT:
+                if key in metadata:
+                    return False
+            elif key not in metadata or (accepted is not None and str(metadata[key]) not in accepted):
                 return False
         if self.above is not None and facts.prompt_tokens <= self.above:
             return False
@@ -113,6 +118,8 @@ class Rule:
             if key not in theirs:
                 return False
             their = theirs[key]
+            if (accepted is ABSENT) != (their is ABSENT):
+                return False
             if accepted is not None and (their is None or not their <= accepted):
                 return False
         if self.above is not None and (other.above is None or other.above < self.above):

@@ -342,3 +342,50 @@ def test_the_sync_router_reloads_too(httpx2_mock: respx.Router) -> None:
         assert router.chat.completions.create(model="chat", messages=HI).choices[0].message.content == "a"
         router.reload(new)
         assert router.chat.completions.create(model="chat", messages=HI).choices[0].message.content == "b"
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+async def test_metadata_conditions_any_value_one_of_and_absent(httpx2_mock: respx.Router) -> None:
+    answering(httpx2_mock)
+    rules = [
+        {"name": "no-tenant", "match": {"metadata": {"tenant": False}}, "set": {"only": ["c"]}},
+        {"name": "eu", "match": {"metadata": {"region": ["eu-west", "eu-central"]}}, "set": {"only": ["b"]}},
+        {"name": "any-tenant", "match": {"metadata": {"tenant": True}}, "set": {"policy": "cheapest"}},
+    ]
+    async with AsyncRouter.from_config(config(rules)) as router:
+        assert await served(router) == ("c", "no-tenant")
+        assert await served(router, metadata={"tenant": "x", "region": "eu-central"}) == ("b", "eu")
+        assert await served(router, metadata={"tenant": "x", "region": "us"}) == ("c", "any-tenant")
+
+
+def test_unreachable_means_an_earlier_rule_matches_everything_this_one_does() -> None:
+    from router.config import RuleConfig
+    from router.rules import Rule
+
+    def rule(match: dict[str, Any]) -> Rule:
+        return Rule.compile(0, RuleConfig.model_validate({"match": match, "set": {}}))
+
+    covers = [
+        ({}, {"tags": ["x"]}),
+        ({"tags": ["x"]}, {"tags": ["x", "y"], "model": "chat"}),
+        ({"model": ["chat", "cheap"]}, {"model": "chat"}),
+        ({"prompt_tokens_above": 100}, {"prompt_tokens_above": 500, "prompt_tokens_below": 900}),
+        ({"hours_utc": "20:00-08:00"}, {"hours_utc": "22:00-06:00"}),
+        ({"metadata": {"tenant": True}}, {"metadata": {"tenant": "acme"}}),
+        ({"metadata": {"tenant": ["a", "b"]}}, {"metadata": {"tenant": "a", "region": "eu"}}),
+        ({"metadata": {"tenant": False}}, {"metadata": {"tenant": False}, "stream": True}),
+    ]
+    for earlier, later in covers:
+        assert rule(earlier).covers(rule(later)), (earlier, later)
+    not_covers = [
+        ({"tags": ["x"]}, {}),
+        ({"model": "chat"}, {"model": ["chat", "cheap"]}),
+        ({"prompt_tokens_above": 500}, {"prompt_tokens_above": 100}),
+        ({"hours_utc": "22:00-06:00"}, {"hours_utc": "20:00-08:00"}),
+        ({"metadata": {"tenant": "acme"}}, {"metadata": {"tenant": True}}),
+        ({"metadata": {"tenant": False}}, {"metadata": {"tenant": True}}),
+        ({"metadata": {"tenant": True}}, {"metadata": {"tenant": False}}),
+        ({"stream": True}, {"tools": True}),
+    ]
+    for earlier, later in not_covers:
+        assert not rule(earlier).covers(rule(later)), (earlier, later)
