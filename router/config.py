@@ -662,12 +662,15 @@ def _impossible(raw: dict[str, Any], rules: list[tuple[int, Any]]) -> list[tuple
     except ValidationError:
         return []
     table = RouteTable(base)
-    facts = RequestFacts(prompt_tokens=0, max_output_tokens=1, uses_tools=False, uses_json_schema=False, stream=False)
+    plain = RequestFacts(prompt_tokens=0, max_output_tokens=1, uses_tools=False, uses_json_schema=False, stream=False)
     midnight = datetime(2026, 1, 1, tzinfo=UTC)
     day = [midnight + timedelta(minutes=30 * k) for k in range(48)]  # prices change on the half hour at most
     nobody: dict[str, DeploymentStats] = {}  # no stats: judged on config and list prices alone
 
-    def servable(route: ModelRoute) -> bool:
+    why_not: dict[str, str] = {}
+    """The last reason each deployment was found unable to serve, for the messages."""
+
+    def servable(route: ModelRoute, facts: RequestFacts = plain) -> bool:
         c = route.constraints
         limits = Limits(
             max_input_per_mtok=c.max_input_per_mtok,
@@ -675,11 +678,12 @@ def _impossible(raw: dict[str, Any], rules: list[tuple[int, Any]]) -> list[tuple
             only=route.only,
             exclude=route.exclude,
         )
-        return any(
-            exclusion_reason(d.candidate_at(when), d.serves, facts, limits, nobody) is None
-            for d in route.deployments
-            for when in day
-        )
+        for d in route.deployments:
+            reasons = [exclusion_reason(d.candidate_at(when), d.serves, facts, limits, nobody) for when in day]
+            if None in reasons:
+                return True
+            why_not[d.candidate.id] = str(reasons[-1])
+        return False
 
     problems: list[tuple[Path_, str]] = []
     for alias, route in table.routes.items():
@@ -689,21 +693,44 @@ def _impossible(raw: dict[str, Any], rules: list[tuple[int, Any]]) -> list[tuple
                 (("models", alias, "constraints"), "no deployment of this model meets these price caps at any hour")
             )
     for i, rule in rules:
-        targets = sorted(rule.models) if rule.models is not None else list(table.routes)
         settings = rule.settings
-        dead = []
+        narrows = (settings.only, settings.exclude, settings.constraints, settings.fallbacks)
+        if all(v is None for v in narrows) and not (rule.tools or rule.stream or rule.above):
+            continue  # leaves the candidates as the alias has them (checked above)
+        targets = sorted(rule.models) if rule.models is not None else list(table.routes)
+        dead: list[str] = []
+        reasons: dict[str, str] = {}
         for name in targets:
             try:
                 tiers = table.resolve(name, fallbacks=settings.fallbacks)
             except Exception:
                 continue  # an unknown name: reported above
             applied = [apply_settings(route, settings, first=k == 0) for k, route in enumerate(tiers)]
-            if not any(servable(route) for route in applied):
+            why_not.clear()
+            if not any(servable(route, _least_request(rule)) for route in applied):
                 dead.append(name)
+                reasons.update(why_not)
         if dead and (rule.models is not None or len(dead) == len(targets)):
             field_name = next((f for f in ("only", "exclude", "constraints") if getattr(settings, f) is not None), "")
             path: Path_ = ("rules", i, "set", field_name) if field_name else ("rules", i, "set")
             problems.append(
-                (path, f"impossible: no deployment of {', '.join(map(repr, dead))} can serve under this rule")
+                (
+                    path,
+                    f"impossible: no deployment of {', '.join(map(repr, dead))} can serve under this rule"
+                    f" ({'; '.join(f'{d}: {r}' for d, r in reasons.items())})",
+                )
             )
     return problems
+
+
+def _least_request(rule: Any) -> Any:
+    """The smallest request a rule can match: what it must use (tools, streaming) and its prompt floor."""
+    from router.eligibility import RequestFacts
+
+    return RequestFacts(
+        prompt_tokens=(rule.above + 1) if rule.above is not None else 0,
+        max_output_tokens=1,
+        uses_tools=rule.tools is True,
+        uses_json_schema=False,
+        stream=rule.stream is True,
+    )
