@@ -600,7 +600,6 @@ class Router:
 
         self._async = self._loop.call(build)
         self._background = self._loop.start(self._async.run_background)
-        self.config = config
         self.chat = Chat(self)
 
     @classmethod
@@ -612,6 +611,11 @@ class Router:
         if watch and isinstance(source, (Mapping, RouterConfig)):
             raise ValueError("watch= needs a config file path")
         return cls(_as_config(source, env), seed=seed, watch=Path(source) if watch else None)  # type: ignore[arg-type]
+
+    @property
+    def config(self) -> RouterConfig:
+        """The configuration in force (it changes with `reload` and a watched file)."""
+        return self._async.config
 
     @property
     def models(self) -> list[str]:
@@ -633,9 +637,7 @@ class Router:
 
     def reload(self, source: ConfigSource, *, env: Mapping[str, str] | None = None) -> RouterConfig:
         """Swap in a new configuration atomically (see `AsyncRouter.reload`)."""
-        config = self._loop.call(partial(self._async.reload, source, env=env))
-        self.config = config
-        return config
+        return self._loop.call(partial(self._async.reload, source, env=env))
 
     def on(self, event: EventKind, callback: Hook) -> Callable[[], None]:
         """Register a hook (see `AsyncRouter.on`); it runs on the router's event-loop thread."""

@@ -389,3 +389,22 @@ def test_unreachable_means_an_earlier_rule_matches_everything_this_one_does() ->
     ]
     for earlier, later in not_covers:
         assert not rule(earlier).covers(rule(later)), (earlier, later)
+
+
+@pytest.mark.httpx2(assert_all_called=False)
+def test_the_sync_router_watches_its_file(httpx2_mock: respx.Router, tmp_path: Path) -> None:
+    import time
+
+    from router import Router
+
+    answering(httpx2_mock)
+    path = tmp_path / "router.yaml"
+    template = 'backends: {X: {provider: openai, base_url: "http://X.test/v1"}}\nmodels: {chat: {deployments: [{backend: X, model: m}]}}\n'
+    path.write_text(template.replace("X", "a"))
+    with Router.from_config(path, watch=True) as router:
+        assert router.chat.completions.create(model="chat", messages=HI).choices[0].message.content == "a"
+        path.write_text(template.replace("X", "b"))
+        deadline = time.monotonic() + 5
+        while "b" not in router.config.backends and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert router.chat.completions.create(model="chat", messages=HI).choices[0].message.content == "b"
