@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import httpx2
 import openai
 from anyio.from_thread import BlockingPortal
@@ -274,8 +275,8 @@ class AsyncRouter:
         An invalid config raises `ConfigError` and leaves the old one in force. `usage` and `telemetry`
         settings are read once, when the router is made.
         """
-        try:
-            config = _as_config(source, env)
+        try:  # reading and checking a file is blocking work: off the event loop
+            config = await anyio.to_thread.run_sync(_as_config, source, env)
         except ConfigError as exc:
             self.reload_error = exc
             raise

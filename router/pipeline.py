@@ -137,8 +137,7 @@ class RequestPath:
         self.cache = cache
         self.shared = shared
         self.observers = observers or Observers()
-        if shared is not None:
-            self.circuits.on_open = shared.circuit_opened
+        self.circuits.on_open = shared.circuit_opened if shared is not None else None
         self.circuits.on_change = self._circuit_changed
 
     def _circuit_changed(self, candidate_id: str, previous: str, state: str, why: str) -> None:
