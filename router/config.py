@@ -432,12 +432,17 @@ def _toml_lines(text: str, data: Any, lines: dict[Path_, int]) -> None:
     """Best-effort line numbers for TOML (tomllib keeps none): find each key under its table."""
     source = text.splitlines()
     table: Path_ = ()
-    header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*$")
+    header = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*$")
     key_line = re.compile(r'^\s*("?[^"=\s]+"?(?:\s*\.\s*"?[^"=\s]+"?)*)\s*=')
+    counts: dict[Path_, int] = {}
     for number, line in enumerate(source, start=1):
         if m := header.match(line):
-            table = tuple(p.strip().strip('"') for p in m.group(1).split("."))
+            table = tuple(p.strip().strip('"') for p in m.group(2).split("."))
             lines.setdefault(table, number)
+            if m.group(1) == "[[":  # an array of tables: `[[rules]]` is rules[0], then rules[1], …
+                index = counts[table] = counts.get(table, -1) + 1
+                table = (*table, index)
+                lines.setdefault(table, number)
         elif m := key_line.match(line):
             key = tuple(p.strip().strip('"') for p in m.group(1).split("."))
             lines.setdefault((*table, *key), number)

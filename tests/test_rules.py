@@ -408,3 +408,31 @@ def test_the_sync_router_watches_its_file(httpx2_mock: respx.Router, tmp_path: P
         while "b" not in router.config.backends and time.monotonic() < deadline:
             time.sleep(0.05)
         assert router.chat.completions.create(model="chat", messages=HI).choices[0].message.content == "b"
+
+
+def test_toml_rules_get_their_own_lines(tmp_path: Path) -> None:
+    path = tmp_path / "router.toml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            [backends.a]
+            provider = "groq"
+
+            [models.chat]
+            deployments = [{backend = "a", model = "m"}]
+
+            [[rules]]
+            name = "all"
+            set = {policy = "cheapest"}
+
+            [[rules]]
+            name = "later"
+            match = {tags = ["x"]}
+            set = {policy = "nope"}
+            """
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    found = {(issue.line, issue.path) for issue in caught.value.issues}
+    assert found == {(11, "rules[1]"), (14, "rules[1].set.policy")}
