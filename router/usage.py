@@ -24,8 +24,9 @@ Attribution — each call is counted once, on the deployment that answered it:
   carry several tags; grouping without `tag` counts each call once.
 
 Totals are kept per minute (the wall-clock minute the call finished in) so `since_s` can select
-recent ones; a bucket counts if it overlaps the window, so the resolution is one minute. Memory is
-#minutes × #distinct (deployment, alias, tags) keys; buckets are never dropped.
+recent ones; a bucket counts if it overlaps the window, so the resolution is one minute. In memory,
+minutes older than `keep_minutes_s` (7 days) are folded into one bucket, so a long-lived process
+holds at most a week of minutes × distinct (deployment, alias, tags) keys and its totals stay whole.
 
 The file holds one table, `usage`, keyed by (minute, backend, provider, model, alias, tags JSON)
 with a counter per column. A flush adds only what arrived since the last flush, with an upsert
@@ -235,9 +236,13 @@ class UsageLedger(Observer):
         *,
         flush_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        keep_minutes_s: float = 7 * 86400,
     ) -> None:
         if not flush_s > 0:
             raise ValueError(f"flush_s must be more than zero, not {flush_s!r}")
+        self.keep_minutes_s = keep_minutes_s
+        """In memory, minute buckets older than this are folded into one (`since_s` reaches this far back)."""
+        self._newest_minute = 0
         self.path = None if path is None else Path(path)
         self.flush_s = flush_s
         self._clock = clock
@@ -389,6 +394,9 @@ class UsageLedger(Observer):
         """Add one finished call: `call` on `deployment`, and each sent attempt on its own deployment."""
         self._forget_if_forked()
         minute = int(self._clock() // 60) * 60
+        if minute > self._newest_minute:  # once a minute at most: keep memory bounded in a long-lived process
+            self._newest_minute = minute
+            self._fold_older_than(minute - self.keep_minutes_s)
         alias = record.alias or record.requested_model
         tags = tuple(sorted(set(record.tags)))
         deltas: list[tuple[_Deployment, _Counts]] = [(deployment, call)]
@@ -402,6 +410,12 @@ class UsageLedger(Observer):
             self._totals.setdefault(key, _Counts()).add(counts)
             if self.path is not None:
                 self._pending.setdefault(key, _Counts()).add(counts)
+
+    def _fold_older_than(self, horizon: float) -> None:
+        """Merge in-memory minute buckets before `horizon` into minute 0: totals stay whole, memory bounded."""
+        old = [key for key in self._totals if 0 < key[0] < horizon]
+        for key in old:
+            self._totals.setdefault((0, *key[1:]), _Counts()).add(self._totals.pop(key))
 
     def _forget_if_forked(self) -> None:
         """In a child process, drop the totals inherited from the parent: they are the parent's to write."""

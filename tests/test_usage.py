@@ -163,6 +163,19 @@ def test_since_keeps_only_recent_minutes() -> None:
     assert ledger.usage(group_by=("backend",), since_s=0) == ledger.usage(group_by=("backend",), since_s=10)
 
 
+def test_old_minutes_are_folded_so_memory_stays_bounded_and_totals_whole() -> None:
+    clock = FakeClock()
+    ledger = UsageLedger(clock=clock, keep_minutes_s=3600)
+    for _ in range(180):  # three hours of one call a minute
+        ledger.call_succeeded(served("a", cost=1.0))
+        clock.now += 60
+    assert len(ledger._totals) <= 62  # the last hour's minutes, and one bucket for everything before
+    (total,) = ledger.usage(group_by=())
+    assert total.requests == 180 and total.cost_usd == pytest.approx(180.0)
+    (recent,) = ledger.usage(group_by=(), since_s=1800)
+    assert recent.requests == 30
+
+
 def test_unknown_group_key_names_the_known_ones() -> None:
     ledger = UsageLedger()
     with pytest.raises(ValueError, match="'deployment'") as caught:
