@@ -9,6 +9,7 @@ never breaks a request. Observers run inline on the event loop, so they must be 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -89,6 +90,13 @@ class Observer:
     def circuit_changed(self, change: CircuitChange) -> None:
         """A deployment's circuit opened, half-opened (a probe) or closed."""
 
+    def call_scope(self, call: CallInfo) -> contextlib.AbstractContextManager[object] | None:
+        """A context the router serves the call in (tracing makes its span current); None: none needed.
+
+        It is entered after `call_started`, in the caller's task, and left when the answer (or the
+        stream's first chunk) is handed over."""
+        return None
+
 
 class Observers(Observer):
     """Fans every event out to the registered observers; one that raises is logged, never re-raised.
@@ -104,6 +112,7 @@ class Observers(Observer):
         "call_succeeded",
         "call_failed",
         "circuit_changed",
+        "call_scope",
     )
 
     def __init__(self, observers: list[Observer] | None = None) -> None:
@@ -158,6 +167,22 @@ class Observers(Observer):
 
     def circuit_changed(self, change: CircuitChange) -> None:
         self._each("circuit_changed", change)
+
+    def call_scope(self, call: CallInfo) -> contextlib.AbstractContextManager[object]:
+        """Every observer's scope for the call, nested (a no-op when none has one)."""
+        targets = self._targets["call_scope"]
+        if not targets:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for target in targets:
+            try:
+                scope = target(call)
+                if scope is not None:
+                    stack.enter_context(scope)  # type: ignore[arg-type]
+            except Exception:
+                owner = type(getattr(target, "__self__", target)).__name__
+                logger.exception("observer %s raised in call_scope; ignored", owner)
+        return stack
 
 
 Hook = Callable[[Event], object]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -115,6 +116,7 @@ class OTelObserver(Observer):
             raise ImportError("OTelObserver needs opentelemetry-api: pip install 'inference-router[otel]'") from error
         self.tracer = trace.get_tracer("inference-router", _version(), tracer_provider=tracer_provider)
         self._set_span_in_context = trace.set_span_in_context
+        self._use_span = trace.use_span
         self._client = trace.SpanKind.CLIENT
         self._error = trace.Status(trace.StatusCode.ERROR)
         self._servers = {backend: _server(url) for backend, url in (servers or {}).items()}
@@ -143,6 +145,14 @@ class OTelObserver(Observer):
             start_time=int(call.started_at * 1e9),
         )
         call.state[self._key] = _CallSpans(span, request)
+
+    def call_scope(self, call: CallInfo) -> AbstractContextManager[object] | None:
+        """Make the call span current while the router works on the call, so spans and logs made
+        meanwhile (an HTTP client's, the application's hooks') belong to it."""
+        spans = self._spans(call)
+        if spans is None:
+            return None
+        return self._use_span(spans.span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
     def attempt_started(self, call: CallInfo, attempt: Attempt) -> None:
         spans = self._spans(call)

@@ -303,9 +303,10 @@ class RequestPath:
         observers = self.observers
         observers.call_started(call.info)
         try:
-            if call.stream:
-                return await self.stream(call, tiers, caller_wants_usage=caller_wants_usage)
-            completion = await self.complete(call, tiers)
+            with observers.call_scope(call.info):  # e.g. the call's span made current for what runs inside
+                if call.stream:
+                    return await self.stream(call, tiers, caller_wants_usage=caller_wants_usage)
+                completion = await self.complete(call, tiers)
         except BaseException as error:
             observers.call_failed(call.info, error)
             raise

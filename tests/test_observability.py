@@ -624,6 +624,27 @@ async def test_a_fallback_call_is_one_span_with_an_attempt_span_per_try(
     ]
 
 
+async def test_the_call_span_is_current_while_the_router_works_and_only_then(
+    httpx2_mock: respx.Router, exporter: InMemorySpanExporter, tracer_provider: TracerProvider
+) -> None:
+    from opentelemetry import trace
+
+    httpx2_mock.post(A).mock(return_value=fail(500))
+    httpx2_mock.post(B).mock(return_value=ok("model-b"))
+    seen: list[int] = []
+    tracer = tracer_provider.get_tracer("app")
+    async with AsyncRouter.from_config(config()) as router:
+        router.observers.add(OTelObserver(tracer_provider=tracer_provider))
+        router.on("attempt_start", lambda event: seen.append(trace.get_current_span().get_span_context().span_id))
+        with tracer.start_as_current_span("app request") as outer:
+            await router.chat.completions.create(model="chat", messages=HI)
+            assert trace.get_current_span() is outer  # given back to the caller's span afterwards
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    call, app = spans["chat chat"], spans["app request"]
+    assert call.parent is not None and app.context is not None and call.parent.span_id == app.context.span_id
+    assert call.context is not None and seen == [call.context.span_id] * 2  # hooks ran inside the call's span
+
+
 async def test_a_streamed_calls_spans_end_when_the_stream_is_consumed(
     httpx2_mock: respx.Router, exporter: InMemorySpanExporter, tracer_provider: TracerProvider
 ) -> None:
