@@ -10,6 +10,7 @@ never breaks a request. Observers run inline on the event loop, so they must be 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -201,6 +202,11 @@ class Hooks(Observer):
         """Call `callback(event)` on every event of this kind; returns a function that unregisters it."""
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event {kind!r}; known: {', '.join(EVENT_KINDS)}")
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(type(callback).__call__):
+            raise TypeError(
+                "hooks are called synchronously on the router's event loop; pass a plain function "
+                "(it may start a task of its own for slow work)"
+            )
         callbacks = self._hooks.setdefault(kind, [])
         callbacks.append(callback)
 

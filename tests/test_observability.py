@@ -898,3 +898,14 @@ async def test_a_cache_hit_costs_nothing_and_counts_as_a_cache_hit(httpx2_mock: 
     assert (cache.requests, cache.cache_hits, cache.attempts, cache.cost_usd) == (2, 2, 0, 0.0)
     assert (cache.prompt_tokens, cache.completion_tokens) == (0, 0)
     assert (rows["a"].requests, rows["a"].cache_hits, rows["a"].cost_usd) == (2, 0, pytest.approx(154e-6))
+
+
+def test_an_async_hook_is_refused_at_registration() -> None:
+    from router.events import Hooks
+
+    async def slow(event: Any) -> None: ...
+
+    with pytest.raises(TypeError, match="synchronously"):
+        Hooks().on("success", slow)
+    with pytest.raises(ValueError, match="unknown event 'succes'"):
+        Hooks().on("succes", print)  # type: ignore[arg-type]
