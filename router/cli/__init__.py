@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
             '  inference-router chat examples/router.yaml -m gpt-oss-120b "Say hi"\n'
             '  inference-router explain examples/router.yaml -m gpt-oss-120b --prompt "hello"\n'
             "  inference-router health examples/router.yaml\n"
-            "  inference-router usage examples/router.yaml --since 1d --by backend,model\n\n"
+            "  inference-router usage --db usage.sqlite --since 1d --by backend,model\n\n"
             "Run `inference-router COMMAND --help` for a command's options and examples.\n\n" + _EXIT_CODES
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -189,9 +189,9 @@ inference-router health examples/router.yaml --json | jq '.[] | select(.state !=
         "The file is --db, else CONFIG's usage.path. Grouped by tag, a call with several tags is\n"
         "counted under each; the total counts it once.",
         """
-inference-router usage examples/router.yaml
+inference-router usage router.yaml                      # a config whose usage.path is set
 inference-router usage --db ~/.cache/router-usage.sqlite --since 1d --by backend,model
-inference-router usage examples/router.yaml --since 2w --by tag --json
+inference-router usage router.yaml --since 2w --by tag --json
 """,
         config="optional",
     )
