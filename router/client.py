@@ -302,15 +302,15 @@ class AsyncRouter:
         self, path: str | os.PathLike[str], *, interval_s: float = 1.0, loaded: str | None = None
     ) -> None:
         """Reload whenever the file's content changes, until cancelled; a bad edit is logged and the old
-        config kept (see `reload_error`). Polls (a stat and, on change, a hash) so it works on every
-        filesystem, editors' atomic renames and Kubernetes ConfigMap symlink swaps included."""
-        file = anyio.Path(path)
-        seen = loaded or await _fingerprint(file)  # what the config in force was read from, if known
+        config kept (see `reload_error`). Polls a hash of the content, so it works on every filesystem,
+        editors' atomic renames and Kubernetes ConfigMap symlink swaps included."""
+        file = Path(path)
+        seen = loaded or await anyio.to_thread.run_sync(_hash_of, file)  # what the config in force was read from
         if seen is None:
             raise FileNotFoundError(f"cannot watch {path}: it cannot be read")
         while True:
             await anyio.sleep(interval_s)
-            current = await _fingerprint(file)
+            current = await anyio.to_thread.run_sync(_hash_of, file)
             if current == seen or current is None:
                 continue
             seen = current
@@ -366,12 +366,7 @@ class AsyncRouter:
 
         `watch=True` (or a poll interval in seconds) reloads the file whenever it changes while the
         router is open (`async with`)."""
-        watched: tuple[Path, float, str | None] | None = None
-        if watch is not False:
-            if isinstance(source, (Mapping, RouterConfig)):
-                raise ValueError("watch= needs a config file path")
-            # hashed before it is read: an edit in between differs from the hash and is reloaded
-            watched = (Path(source), 1.0 if watch is True else float(watch), _hash_of(Path(source)))
+        watched = _watched(source, watch)
         router = cls(_as_config(source, env), http_client=http_client, seed=seed)
         router._watch = watched
         return router
@@ -591,12 +586,14 @@ class Chat:
 class Router:
     """The blocking client: wraps one `AsyncRouter` running on a private event-loop thread."""
 
-    def __init__(self, config: RouterConfig, *, seed: int | None = None, watch: Path | None = None) -> None:
+    def __init__(
+        self, config: RouterConfig, *, seed: int | None = None, watch: tuple[Path, float, str | None] | None = None
+    ) -> None:
         self._loop = _LoopThread()
 
         async def build() -> AsyncRouter:
             router = AsyncRouter(config, seed=seed)
-            router._watch = None if watch is None else (watch, 1.0, _hash_of(watch))
+            router._watch = watch
             return router
 
         self._async = self._loop.call(build)
@@ -609,9 +606,8 @@ class Router:
     ) -> Router:
         """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`;
         `watch=True` reloads the file whenever it changes."""
-        if watch and isinstance(source, (Mapping, RouterConfig)):
-            raise ValueError("watch= needs a config file path")
-        return cls(_as_config(source, env), seed=seed, watch=Path(source) if watch else None)  # type: ignore[arg-type]
+        watched = _watched(source, watch)
+        return cls(_as_config(source, env), seed=seed, watch=watched)
 
     @property
     def config(self) -> RouterConfig:
@@ -674,17 +670,19 @@ class Router:
         self.close()
 
 
+def _watched(source: ConfigSource, watch: bool | float) -> tuple[Path, float, str | None] | None:
+    """What `watch=` asks for: the file, its poll interval, and its content's hash — taken before the
+    config is read, so an edit in between differs from it and is reloaded."""
+    if watch is False:
+        return None
+    if isinstance(source, (Mapping, RouterConfig)):
+        raise ValueError("watch= needs a config file path")
+    return Path(source), 1.0 if watch is True else float(watch), _hash_of(Path(source))
+
+
 def _hash_of(path: Path) -> str | None:
-    """The content hash of a config file as it is now (at construction, before any loop runs)."""
+    """A hash of the file's content (None: unreadable, e.g. mid-replace); blocking, so the loop calls it in a thread."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-async def _fingerprint(file: anyio.Path) -> str | None:
-    """A hash of the file's content (None: unreadable, e.g. mid-replace)."""
-    try:
-        return hashlib.sha256(await file.read_bytes()).hexdigest()
     except OSError:
         return None

@@ -535,16 +535,8 @@ def _cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
 
     Reads the raw mapping so these are reported together with schema errors, not after them.
     """
-    problems: list[tuple[Path_, str]] = []
-    backends: dict[str, Any] = raw["backends"] if isinstance(raw.get("backends"), dict) else {}
-    models: dict[str, Any] = raw["models"] if isinstance(raw.get("models"), dict) else {}
-    policies = known_policies()
-
-    def check_policy(path: Path_, value: Any) -> None:
-        if isinstance(value, str) and value not in policies:
-            problems.append((path, f"unknown policy {value!r}; known: {', '.join(policies)}"))
-
-    check_policy(("policy",), raw.get("policy"))
+    backends, models = _sections(raw)
+    problems = _unknown_policy(("policy",), raw.get("policy"))
     for name, backend in backends.items():
         kind = backend.get("provider") if isinstance(backend, dict) else None
         if kind in PROVIDERS and not backend.get("base_url") and PROVIDERS[kind].default_base_url is None:
@@ -570,8 +562,23 @@ def _cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
                 problems.append(
                     (("models", alias, "fallbacks", i), f"unknown model {fallback!r}; known: {', '.join(models)}")
                 )
-        check_policy(("models", alias, "policy"), model.get("policy"))
+        problems += _unknown_policy(("models", alias, "policy"), model.get("policy"))
     return problems
+
+
+def _sections(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The raw `backends` and `models` mappings (empty when missing or malformed: the schema says so)."""
+    backends = raw["backends"] if isinstance(raw.get("backends"), dict) else {}
+    models = raw["models"] if isinstance(raw.get("models"), dict) else {}
+    return backends, models
+
+
+def _unknown_policy(path: Path_, value: Any) -> list[tuple[Path_, str]]:
+    """The problem with a `policy` value that names no registered policy, if it doesn't."""
+    policies = known_policies()
+    if isinstance(value, str) and value not in policies:
+        return [(path, f"unknown policy {value!r}; known: {', '.join(policies)}")]
+    return []
 
 
 def _rule_problems(raw: dict[str, Any], line_of: Callable[[Path_], int | None]) -> list[tuple[Path_, str]]:
@@ -584,24 +591,17 @@ def _rule_problems(raw: dict[str, Any], line_of: Callable[[Path_], int | None]) 
     rules_raw = raw.get("rules")
     if not isinstance(rules_raw, list):
         return problems
-    backends: dict[str, Any] = raw["backends"] if isinstance(raw.get("backends"), dict) else {}
-    models: dict[str, Any] = raw["models"] if isinstance(raw.get("models"), dict) else {}
-    model_ids = {
-        d.get("model")
+    backends, models = _sections(raw)
+    served = [
+        (d.get("backend"), d.get("model"))
         for m in models.values()
         if isinstance(m, dict) and isinstance(m.get("deployments"), list)
         for d in m["deployments"]
         if isinstance(d, dict)
-    }
-    deployment_ids = {
-        f"{d.get('backend')}/{d.get('model')}"
-        for m in models.values()
-        if isinstance(m, dict) and isinstance(m.get("deployments"), list)
-        for d in m["deployments"]
-        if isinstance(d, dict)
-    }
+    ]
+    model_ids = {model for _, model in served}
+    deployment_ids = {f"{backend}/{model}" for backend, model in served}
     kinds = {b.get("provider") for b in backends.values() if isinstance(b, dict)}
-    policies = known_policies()
     compiled: list[tuple[int, Rule]] = []
     for i, rule_raw in enumerate(rules_raw):
         here: Path_ = ("rules", i)
@@ -614,9 +614,7 @@ def _rule_problems(raw: dict[str, Any], line_of: Callable[[Path_], int | None]) 
             if isinstance(name, str) and name not in models and name not in model_ids:
                 where = (*here, "match", "model") + ((j,) if isinstance(asked, list) else ())
                 problems.append((where, f"unknown model {name!r}; known: {', '.join(models) or 'none'}"))
-        policy = settings.get("policy")
-        if isinstance(policy, str) and policy not in policies:
-            problems.append(((*here, "set", "policy"), f"unknown policy {policy!r}; known: {', '.join(policies)}"))
+        problems += _unknown_policy((*here, "set", "policy"), settings.get("policy"))
         fallbacks = settings.get("fallbacks")
         for j, name in enumerate(fallbacks if isinstance(fallbacks, list) else []):
             if isinstance(name, str) and name not in models:

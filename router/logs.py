@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import traceback
 
 LOGGER_NAME = "router"
 REDACTED = "[redacted]"
@@ -49,6 +48,8 @@ class RedactingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
+            import traceback  # only when a record carries one: kept off `import router`
+
             text = "".join(traceback.format_exception(*record.exc_info))
             record.exc_text = redact(text).rstrip("\n")  # what `logging.Formatter` prints instead of re-rendering
         return True
