@@ -382,7 +382,7 @@ async def router_level(
 ) -> dict[str, Any]:
     """Per backend: a hit, a miss and a no-store call through `AsyncRouter`; returns the open routers."""
     from router.client import AsyncRouter
-    from router.record import route_of
+    from router.path.record import route_of
 
     routers = {b: AsyncRouter.from_config(router_config(b, directory, redis_url, base_url)) for b in backends}
     counter = iter(range(10**9))
@@ -513,7 +513,7 @@ async def hit_parts(
     from router.cache.entries import Entry
     from router.cache.keys import cache_key
     from router.client import _jsonable
-    from router.hints import RouteHints
+    from router.path.hints import RouteHints
 
     body = {"messages": MESSAGES, "temperature": 0, "max_tokens": MAX_TOKENS}
     raw = Entry.of_completion(answer_completion()).encode()

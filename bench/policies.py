@@ -747,7 +747,7 @@ def _patch_least_loaded_latency() -> None:
 def _patch_fresh_outstanding() -> None:
     from dataclasses import replace
 
-    from router.stats import MemoryStats
+    from router.path.stats import MemoryStats
 
     ours_at_probe: dict[str, int] = {}
     observe, snapshot = MemoryStats.observe_server_load, MemoryStats.snapshot

@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from router.logs import install as _install_logging
+from router.observe.logs import install as _install_logging
 
 _install_logging()  # the `router` logger: a NullHandler, and redaction of every secret it might see
 
@@ -25,14 +25,14 @@ _EXPORTS = {
     "ConfigError": "router.config",
     "RouterConfig": "router.config",
     "load_config": "router.config",
-    "RouteHints": "router.hints",
-    "Event": "router.events",
-    "Observer": "router.events",
-    "UsageRow": "router.usage",
-    "Attempt": "router.record",
-    "RouteRecord": "router.record",
-    "route_of": "router.record",
-    "RouterStream": "router.streaming",
+    "RouteHints": "router.path.hints",
+    "Event": "router.path.events",
+    "Observer": "router.path.events",
+    "UsageRow": "router.observe.usage",
+    "Attempt": "router.path.record",
+    "RouteRecord": "router.path.record",
+    "route_of": "router.path.record",
+    "RouterStream": "router.path.streaming",
     **{
         name: "router.errors"
         for name in (
@@ -127,8 +127,8 @@ if TYPE_CHECKING:
         UnknownModelError,
         UnprocessableEntityError,
     )
-    from router.events import Event, Observer
-    from router.hints import RouteHints
-    from router.record import Attempt, RouteRecord, route_of
-    from router.streaming import RouterStream
-    from router.usage import UsageRow
+    from router.observe.usage import UsageRow
+    from router.path.events import Event, Observer
+    from router.path.hints import RouteHints
+    from router.path.record import Attempt, RouteRecord, route_of
+    from router.path.streaming import RouterStream

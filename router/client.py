@@ -29,19 +29,20 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from pydantic import BaseModel
 
 from router.cache import ResponseCache
-from router.circuit import Circuits
 from router.config import ConfigError, ConfigIssue, RouterConfig, load_config
-from router.events import EventKind, Hook, Hooks, Observer, Observers
-from router.health import DeploymentHealth, health_report
-from router.hints import RouteHints
-from router.load import LoadPoller
-from router.pipeline import RequestPath
-from router.record import RouteRecord, attach_route
-from router.routes import RouteTable
-from router.shared import SharedState
-from router.stats import MemoryStats
-from router.streaming import RouterStream
-from router.usage import UsageLedger, UsageRow
+from router.config.routes import RouteTable
+from router.observe.logs import register_secret
+from router.observe.usage import UsageLedger, UsageRow
+from router.path.circuit import Circuits
+from router.path.events import EventKind, Hook, Hooks, Observer, Observers
+from router.path.health import DeploymentHealth, health_report
+from router.path.hints import RouteHints
+from router.path.load import LoadPoller
+from router.path.pipeline import RequestPath
+from router.path.record import RouteRecord, attach_route
+from router.path.shared import SharedState
+from router.path.stats import MemoryStats
+from router.path.streaming import RouterStream
 
 T = TypeVar("T")
 logger = logging.getLogger("router")
@@ -81,7 +82,7 @@ def _exporters(config: RouterConfig) -> tuple[list[Observer], Any]:
     observers: list[Observer] = []
     metrics = None
     if telemetry.otel != "off":
-        from router.otel import OTelObserver, otel_available
+        from router.observe.otel import OTelObserver, otel_available
 
         if telemetry.otel == "on" or otel_available():
             try:
@@ -89,7 +90,7 @@ def _exporters(config: RouterConfig) -> tuple[list[Observer], Any]:
             except ImportError as exc:
                 raise ConfigError([ConfigIssue("<config>", None, "telemetry.otel", str(exc))]) from None
     if telemetry.prometheus:
-        from router.metrics import PrometheusMetrics
+        from router.observe.metrics import PrometheusMetrics
 
         try:
             metrics = PrometheusMetrics()
@@ -245,8 +246,11 @@ class AsyncRouter:
         )
 
     def _request_path(self, config: RouterConfig) -> RequestPath:
+        table = RouteTable(config)
+        for secret in table.secrets:
+            register_secret(secret)  # never in a log line, whoever logs it
         return RequestPath(
-            RouteTable(config),
+            table,
             self._client,
             self.stats,
             self._rng,

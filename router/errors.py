@@ -7,14 +7,16 @@ a dead backend `openai.APIConnectionError`, and so on. See README "Errors".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
 
 from providers import FailureKind, ProviderError, Usage
-from router.eligibility import Exclusion
-from router.record import Attempt, RouteRecord
+
+if TYPE_CHECKING:  # types only: the exception tree sits below every other part of the router
+    from router.config.eligibility import Exclusion
+    from router.path.record import Attempt, RouteRecord
 
 _NOWHERE = "http://inference-router.invalid/chat/completions"
 

@@ -13,9 +13,9 @@ import respx
 
 from providers import FailureKind
 from router import AsyncRouter, route_of
-from router.circuit import Circuits, CircuitState
 from router.cli import main
 from router.config import CircuitConfig
+from router.path.circuit import Circuits, CircuitState
 
 BAD = FailureKind.SERVER_ERROR
 

@@ -22,9 +22,9 @@ import pytest
 
 from providers import Usage
 from router.cli import main
-from router.events import CallInfo
-from router.record import Attempt, RouteRecord
-from router.usage import UsageLedger
+from router.observe.usage import UsageLedger
+from router.path.events import CallInfo
+from router.path.record import Attempt, RouteRecord
 from tests.fault_server import FaultServer, cut_after, ok, status
 
 TEXT = "alpha beta gamma"

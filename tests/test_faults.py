@@ -42,7 +42,7 @@ from router import (
     StreamInterruptedError,
     route_of,
 )
-from router.record import RouteRecord
+from router.path.record import RouteRecord
 from tests.fault_server import (
     FaultServer,
     content_filter_400,

@@ -11,15 +11,54 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"providers": {"router", "policies"}, "policies": {"router", "providers"}}
 
 
-def imported_packages(path: Path) -> set[str]:
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports at run time (imports under `if TYPE_CHECKING:` are types only)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
     found: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
+            found.add(node.module)
     return found
+
+
+def imported_packages(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in imported_modules(path)}
+
+
+# The parts of `router/`, lowest first: each may import only the parts below it (and itself).
+FLOORS = ["errors", "config", "cache", "path", "observe", "client", "local", "cli", "gateway"]
+
+
+def _part(module: str) -> str | None:
+    """`router.path.stats` → `path`; `router.client` → `client`; other packages → None."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "router" and len(parts) > 1 else None
+
+
+def test_router_parts_import_only_the_floors_below() -> None:
+    """The folder tree is the architecture: config ← cache ← the request path ← observers ← the
+    client ← CLI and gateway. An upward import (say, config reaching into the path) fails here."""
+    offenders = {}
+    for path in sorted((ROOT / "router").rglob("*.py")):
+        relative = path.relative_to(ROOT / "router")
+        own = relative.parts[0].removesuffix(".py")
+        if own not in FLOORS:
+            continue
+        above = set(FLOORS[FLOORS.index(own) + 1 :])
+        upward = sorted(m for m in imported_modules(path) if _part(m) in above)
+        if upward:
+            offenders[str(relative)] = upward
+    assert offenders == {}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))

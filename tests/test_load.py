@@ -23,8 +23,8 @@ from providers.errors import AuthFailed, ConnectionFailed, Overloaded, ProviderT
 from providers.llamacpp import LlamaCppProvider
 from providers.load import LoadReporter, ServerLoad, metric_values, server_root
 from providers.vllm import VLLMProvider, vllm_load
-from router.load import LoadPoller
 from router.local.llamacpp_server import free_port
+from router.path.load import LoadPoller
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import pytest
 import respx
 
 from router import AsyncRouter, AuthenticationError
-from router.logs import redact, register_secret
+from router.observe.logs import redact, register_secret
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-test-logging-2b7e41d9c0"

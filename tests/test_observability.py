@@ -27,10 +27,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from router.client import AsyncRouter
 from router.errors import InternalServerError, StreamInterruptedError
-from router.events import EVENT_KINDS, CallInfo, Event, Observer
-from router.otel import OTelObserver
-from router.record import Attempt, route_of
-from router.usage import UsageRow, read_usage
+from router.observe.otel import OTelObserver
+from router.observe.usage import UsageRow, read_usage
+from router.path.events import EVENT_KINDS, CallInfo, Event, Observer
+from router.path.record import Attempt, route_of
 
 pytestmark = pytest.mark.anyio
 
@@ -901,7 +901,7 @@ async def test_a_cache_hit_costs_nothing_and_counts_as_a_cache_hit(httpx2_mock: 
 
 
 def test_an_async_hook_is_refused_at_registration() -> None:
-    from router.events import Hooks
+    from router.path.events import Hooks
 
     async def slow(event: Any) -> None: ...
 

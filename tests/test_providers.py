@@ -49,7 +49,7 @@ from providers import (
 )
 from router.config import load_config
 from router.errors import to_caller_error
-from router.pipeline import RouteTable
+from router.path.pipeline import RouteTable
 
 pytestmark = pytest.mark.anyio
 

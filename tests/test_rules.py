@@ -360,7 +360,7 @@ async def test_metadata_conditions_any_value_one_of_and_absent(httpx2_mock: resp
 
 def test_unreachable_means_an_earlier_rule_matches_everything_this_one_does() -> None:
     from router.config import RuleConfig
-    from router.rules import Rule
+    from router.config.rules import Rule
 
     def rule(match: dict[str, Any]) -> Rule:
         return Rule.compile(0, RuleConfig.model_validate({"match": match, "set": {}}))

@@ -10,10 +10,10 @@ from policies import Candidate, NoStats, Price
 from providers import parse_rate_limits
 from providers.load import ServerLoad
 from router.config import load_config
-from router.eligibility import Limits, Serves, exclusion_reason, request_facts
-from router.hints import RouteHints
-from router.routes import RouteTable
-from router.stats import DECAY_S, MemoryStats, PeakEwma
+from router.config.eligibility import Limits, Serves, exclusion_reason, request_facts
+from router.config.routes import RouteTable
+from router.path.hints import RouteHints
+from router.path.stats import DECAY_S, MemoryStats, PeakEwma
 
 HI = {"messages": [{"role": "user", "content": "x" * 400}]}
 

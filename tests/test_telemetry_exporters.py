@@ -21,10 +21,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 
 from providers import Usage
-from router.events import CallInfo, CircuitChange, Observer, Observers
-from router.metrics import PrometheusMetrics, prometheus_available
-from router.otel import OTelObserver, otel_available, request_attributes
-from router.record import Attempt, RouteRecord
+from router.observe.metrics import PrometheusMetrics, prometheus_available
+from router.observe.otel import OTelObserver, otel_available, request_attributes
+from router.path.events import CallInfo, CircuitChange, Observer, Observers
+from router.path.record import Attempt, RouteRecord
 
 SECRET_PROMPT = "my password is hunter2"
 

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from providers import Usage
-from router.events import CallInfo
-from router.record import Attempt, RouteRecord
-from router.usage import GROUP_KEYS, UsageLedger, UsageRow, parse_since, read_usage
+from router.observe.usage import GROUP_KEYS, UsageLedger, UsageRow, parse_since, read_usage
+from router.path.events import CallInfo
+from router.path.record import Attempt, RouteRecord
 
 T0 = 1_800_000_000.0  # a whole minute, so bucket arithmetic in the tests is exact
 DAY = 86400.0

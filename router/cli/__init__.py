@@ -244,7 +244,7 @@ inference-router demo --json | jq '.[].route.backend'
 
 def _duration(text: str) -> float:
     """argparse type for `--since`: `1d` → 86400.0 (a bad value is a usage error, exit 2)."""
-    from router.usage import parse_since
+    from router.observe.usage import parse_since
 
     try:
         return parse_since(text)
@@ -254,7 +254,7 @@ def _duration(text: str) -> float:
 
 def _group_keys(text: str) -> tuple[str, ...]:
     """argparse type for `--by`: `backend,model` → ("backend", "model"), each checked."""
-    from router.usage import GROUP_KEYS
+    from router.observe.usage import GROUP_KEYS
 
     keys = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [key for key in keys if key not in GROUP_KEYS]

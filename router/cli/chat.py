@@ -28,8 +28,8 @@ from router.cli.common import (
 )
 from router.client import AsyncRouter
 from router.config import RouterConfig
-from router.hints import RouteHints
-from router.record import RouteRecord, route_of
+from router.path.hints import RouteHints
+from router.path.record import RouteRecord, route_of
 
 
 def route_line(record: RouteRecord, *, finish_reason: str | None = None) -> str:

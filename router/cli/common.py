@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from router.config import ConfigError, ConfigIssue, RouterConfig, load_config
-from router.hints import RouteHints
+from router.path.hints import RouteHints
 
 
 def print_json(data: Any) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from router.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE
 from router.cli.common import error_dict, error_message, hints_message, load, print_json, route_hints, stdout_console
 from router.client import AsyncRouter
-from router.record import RouteRecord
+from router.path.record import RouteRecord
 
 
 def run_explain(args: argparse.Namespace) -> int:

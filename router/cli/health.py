@@ -11,7 +11,7 @@ from rich.table import Table
 from router.cli import EXIT_CONFIG, EXIT_OK
 from router.cli.common import load, print_json, progress_console, spinner, stdout_console
 from router.client import AsyncRouter
-from router.health import DeploymentHealth
+from router.path.health import DeploymentHealth
 
 
 def run_health(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """`inference-router usage`: the requests, tokens and cost a usage file has recorded, grouped as asked.
 
 The file is the SQLite file routers write when their config sets `usage: {path: ...}` (see
-`router.usage`); every process and run that shared it is counted. Nothing here talks to a backend.
+`router.observe.usage`); every process and run that shared it is counted. Nothing here talks to a backend.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.table import Table
 
 from router.cli import EXIT_CONFIG, EXIT_OK
 from router.cli.common import load, print_json, stdout_console
-from router.usage import GROUP_KEYS, UsageRow, read_usage
+from router.observe.usage import GROUP_KEYS, UsageRow, read_usage
 
 _COUNTERS = tuple(f.name for f in fields(UsageRow) if f.name not in GROUP_KEYS)
 """The numeric fields of a row (requests … cache_hits): what a total adds up."""

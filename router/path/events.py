@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from router.record import Attempt, RouteRecord
+from router.path.record import Attempt, RouteRecord
 
 logger = logging.getLogger("router")
 

@@ -36,17 +36,17 @@ from providers import (
     parse_rate_limits,
 )
 from router.cache import Entry, Plan, ResponseCache
-from router.circuit import Circuits
 from router.config import HedgePolicy, RetryPolicy, StreamPolicy, Timeouts, TimeoutsOverride, merge_timeouts
-from router.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
+from router.config.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
+from router.config.routes import Deployment, ModelRoute, RouteTable
 from router.errors import cache_miss, no_candidates, to_caller_error
-from router.events import CallInfo, CircuitChange, Observers
-from router.hints import RouteHints
-from router.record import Attempt, RankedCandidate, RouteRecord, attach_route
-from router.routes import Deployment, ModelRoute, RouteTable
-from router.shared import SharedState
-from router.stats import StatsStore
-from router.streaming import Leg, OnFinish, Replay, RouterStream
+from router.path.circuit import Circuits
+from router.path.events import CallInfo, CircuitChange, Observers
+from router.path.hints import RouteHints
+from router.path.record import Attempt, RankedCandidate, RouteRecord, attach_route
+from router.path.shared import SharedState
+from router.path.stats import StatsStore
+from router.path.streaming import Leg, OnFinish, Replay, RouterStream
 
 T = TypeVar("T")
 logger = logging.getLogger("router")

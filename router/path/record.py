@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from providers import RateLimitInfo, Usage
-from router.eligibility import Exclusion
+from router.config.eligibility import Exclusion
 
 _ATTRIBUTE = "_inference_route"
 

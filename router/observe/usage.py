@@ -55,8 +55,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from router.events import CallInfo, Observer
-from router.record import Attempt, RouteRecord
+from router.path.events import CallInfo, Observer
+from router.path.record import Attempt, RouteRecord
 
 __all__ = ["GROUP_KEYS", "UsageLedger", "UsageRow", "parse_since", "read_usage"]
 

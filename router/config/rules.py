@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from router.config import Constraints, RuleConfig, RuleSet, merge_retry
-from router.eligibility import RequestFacts
+from router.config.eligibility import RequestFacts
+from router.config.schema import Constraints, RuleConfig, RuleSet, merge_retry
 
 if TYPE_CHECKING:
-    from router.routes import ModelRoute, RouteTable
+    from router.config.routes import ModelRoute, RouteTable
 
 _DAY = 24 * 60
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from router.circuit import Circuits
-from router.routes import RouteTable
-from router.stats import StatsStore
+from router.config.routes import RouteTable
+from router.path.circuit import Circuits
+from router.path.stats import StatsStore
 
 
 @dataclass(frozen=True, slots=True)

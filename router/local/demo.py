@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from router.record import RouteRecord
+from router.path.record import RouteRecord
 
-_PACKAGED = Path(__file__).parent / "local" / "demo.yaml"
-_IN_REPO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+_PACKAGED = Path(__file__).parent / "demo.yaml"
+_IN_REPO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 
 def demo_config_path() -> Path:
@@ -75,7 +75,7 @@ async def _run(requests: int, progress: Console | None) -> list[_Row]:
     from router.client import AsyncRouter
     from router.local.llamacpp_server import LlamaCppServer
     from router.local.tiny_gguf import write_tiny_gguf
-    from router.record import route_of
+    from router.path.record import route_of
 
     rows: list[_Row] = []
     servers: dict[str, LlamaCppServer] = {}

@@ -13,7 +13,9 @@ from datetime import datetime
 from policies import Candidate, Price
 from providers import PROVIDERS, OpenAICompatible
 from providers.load import LoadReporter
-from router.config import (
+from router.config.eligibility import Serves
+from router.config.rules import RuleBook
+from router.config.schema import (
     CacheOverride,
     Constraints,
     HedgePolicy,
@@ -24,10 +26,7 @@ from router.config import (
     merge_retry,
     merge_timeouts,
 )
-from router.eligibility import Serves
 from router.errors import unknown_model
-from router.logs import register_secret
-from router.rules import RuleBook
 
 
 @dataclass(slots=True)
@@ -84,12 +83,15 @@ class RouteTable:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.adapters: dict[str, OpenAICompatible] = {}
+        self.secrets: list[str] = []
+        """The API keys the backends were given (from the config or the environment): for log redaction."""
         for name, backend in config.backends.items():
             cls = PROVIDERS[backend.provider]
             key = backend.api_key.get_secret_value() if backend.api_key is not None else None
             if key is None and cls.api_key_env:
                 key = os.environ.get(cls.api_key_env)
-            register_secret(key)
+            if key:
+                self.secrets.append(key)
             self.adapters[name] = cls(base_url=backend.base_url, api_key=key, headers=backend.headers, name=name)
         self.routes: dict[str, ModelRoute] = {}
         by_model: dict[str, dict[str, Deployment]] = {}

@@ -21,8 +21,8 @@ from typing import Any
 
 import anyio
 
-from router.circuit import Circuits
-from router.stats import MemoryStats, PeerView
+from router.path.circuit import Circuits
+from router.path.stats import MemoryStats, PeerView
 
 logger = logging.getLogger("router")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from router.events import CallInfo, CircuitChange, Observer
-from router.otel import NOT_FAILURES
-from router.record import Attempt, RouteRecord
+from router.observe.otel import NOT_FAILURES
+from router.path.events import CallInfo, CircuitChange, Observer
+from router.path.record import Attempt, RouteRecord
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

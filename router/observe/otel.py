@@ -3,7 +3,7 @@
 `OTelObserver` turns the request path's events into spans that follow the OpenTelemetry GenAI
 semantic conventions (`gen_ai.*`), plus `inference_router.*` attributes for what only the router
 knows (backend, rule, fallback, cost). Spans never carry message content, error messages or keys.
-opentelemetry is imported only when an observer is made, so `import router.otel` works without it
+opentelemetry is imported only when an observer is made, so `import router.observe.otel` works without it
 (`otel_available()` says whether it can be used): `pip install 'inference-router[otel]'`.
 """
 
@@ -18,8 +18,8 @@ from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from router.events import CallInfo, Observer
-from router.record import Attempt, RouteRecord
+from router.path.events import CallInfo, Observer
+from router.path.record import Attempt, RouteRecord
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider

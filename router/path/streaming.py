@@ -19,11 +19,11 @@ import anyio
 from openai.types.chat import ChatCompletionChunk
 
 from providers import ProviderError, Usage, has_token
-from router.circuit import Circuits
 from router.errors import stream_interrupted
-from router.events import CallInfo, Observers
-from router.record import Attempt, RouteRecord, attach_route
-from router.stats import StatsStore
+from router.path.circuit import Circuits
+from router.path.events import CallInfo, Observers
+from router.path.record import Attempt, RouteRecord, attach_route
+from router.path.stats import StatsStore
 
 
 class Upstream(Protocol):
