@@ -4,9 +4,10 @@ Adapters know base URLs, auth, dialects, error signatures and usage fields; they
 nothing of routing. `PROVIDERS` maps a config `provider:` kind to its adapter class.
 """
 
-from providers.base import ChunkStream, Completed, Deadlines, OpenAICompatible, Usage, has_token
+from providers.base import ChunkStream, Completed, Deadlines, EventStream, OpenAICompatible, Usage, has_token
 from providers.cerebras import CerebrasProvider
 from providers.deepseek import DeepSeekProvider
+from providers.endpoints import ENDPOINTS, Answered, Endpoint, RawEvent
 from providers.errors import (
     AuthFailed,
     BadRequest,
@@ -36,7 +37,9 @@ PROVIDERS: dict[str, type[OpenAICompatible]] = {
 }
 
 __all__ = [
+    "ENDPOINTS",
     "PROVIDERS",
+    "Answered",
     "AuthFailed",
     "BadRequest",
     "CerebrasProvider",
@@ -47,6 +50,8 @@ __all__ = [
     "ContextTooLong",
     "Deadlines",
     "DeepSeekProvider",
+    "Endpoint",
+    "EventStream",
     "FailureKind",
     "GroqProvider",
     "LlamaCppProvider",
@@ -60,6 +65,7 @@ __all__ = [
     "RateLimitInfo",
     "RateLimitWindow",
     "RateLimited",
+    "RawEvent",
     "ServerError",
     "StreamBroken",
     "Unsupported",

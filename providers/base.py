@@ -21,6 +21,7 @@ import pydantic_core
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from providers.catalog import ModelFacts, ModelPrice
+from providers.endpoints import ENDPOINTS, Answered, EventReading, RawEvent, check_answer, usage_from
 from providers.errors import (
     AuthFailed,
     BadRequest,
@@ -132,6 +133,16 @@ class OpenAICompatible:
     """Where continuation requests go, when not the usual chat path (DeepSeek's beta endpoint)."""
     catalog: ClassVar[Mapping[str, ModelFacts]] = {}
     """Published prices and context windows of this provider's models (`providers/catalog.py`)."""
+    endpoints: ClassVar[frozenset[str]] = frozenset(ENDPOINTS)
+    """The endpoints this kind of backend serves (README "Endpoints"); a deployment's `endpoints:` overrides."""
+    endpoint_paths: ClassVar[Mapping[str, str]] = {
+        "chat": "/chat/completions",
+        "completions": "/completions",
+        "embeddings": "/embeddings",
+        "responses": "/responses",
+    }
+    keeps_response_state: ClassVar[bool] = True
+    """Whether its Responses API stores answers (`store`, `previous_response_id`, retrieval)."""
 
     def __init__(
         self,
@@ -275,6 +286,7 @@ class OpenAICompatible:
         stream: bool,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, Any] | None = None,
+        endpoint: str = "chat",
     ) -> httpx2.Response:
         missing = self._missing_key()
         if missing is not None:
@@ -282,8 +294,8 @@ class OpenAICompatible:
         headers = self._stream_headers if stream else self._headers
         if extra_headers:
             headers = {**headers, **extra_headers}
-        url = self._url
-        if body.get("messages") and body["messages"][-1].get("role") == "assistant" and self.prefill_path:
+        url = self._url if endpoint == "chat" else self.base_url + self.endpoint_paths[endpoint]
+        if endpoint == "chat" and self.prefill_path and _ends_with_assistant(body):
             url = self.base_url + self.prefill_path
         request = client.build_request(
             "POST",
@@ -348,6 +360,14 @@ class OpenAICompatible:
         response = await self._send(
             client, body, deadlines, stream=False, extra_headers=extra_headers, extra_query=extra_query
         )
+        raw = await self._read_body(response, deadlines)
+        completion = self._parse_completion(raw, response.headers)
+        for choice in completion.choices:
+            self.check_finish(choice.finish_reason)
+        return Completed(completion, self.usage_of(completion), parse_rate_limits(response.headers))
+
+    async def _read_body(self, response: httpx2.Response, deadlines: Deadlines) -> bytes:
+        """The whole body of a non-streamed answer, by the response deadline; a lost or late body raises."""
         raw: bytes | None = None
         lost: str | None = None
         try:
@@ -361,10 +381,7 @@ class OpenAICompatible:
             raise ConnectionFailed(f"{self.name}: connection lost while reading the response ({lost})")
         if raw is None:
             raise ProviderTimeout(f"{self.name}: response body not complete before the call deadline")
-        completion = self._parse_completion(raw, response.headers)
-        for choice in completion.choices:
-            self.check_finish(choice.finish_reason)
-        return Completed(completion, self.usage_of(completion), parse_rate_limits(response.headers))
+        return raw
 
     def _parse_completion(self, raw: bytes, headers: Mapping[str, str]) -> ChatCompletion:
         try:
@@ -395,6 +412,96 @@ class OpenAICompatible:
         return ChunkStream(
             self, response, deadlines, choices=int(body.get("n") or 1), usage_expected=self.supports_stream_usage
         )
+
+    # --- the other endpoints: answers passed on as they came ------------------------------
+
+    def prepare_for(self, endpoint: str, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        """`prepare` for any endpoint: chat has its dialect; the others are sent as asked (streams
+        of legacy completions ask for the usage chunk, as chat streams do)."""
+        if endpoint == "chat":
+            return self.prepare(body, stream=stream)
+        if not stream:
+            return body
+        body = {**body, "stream": True}
+        if endpoint == "completions" and self.supports_stream_usage:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return body
+
+    async def answer(
+        self,
+        client: httpx2.AsyncClient,
+        endpoint: str,
+        body: dict[str, Any],
+        deadlines: Deadlines,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+    ) -> Answered:
+        """Send a non-streamed request to a non-chat endpoint; the answer must be whole and well-formed."""
+        response = await self._send(
+            client,
+            body,
+            deadlines,
+            stream=False,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            endpoint=endpoint,
+        )
+        raw = await self._read_body(response, deadlines)
+        try:
+            data: Any = json.loads(raw)
+        except ValueError:
+            raise ServerError(f"{self.name}: response is not JSON: {raw[:200]!r}") from None
+        checked = check_answer(self, endpoint, data)
+        return Answered(raw, checked, usage_from(endpoint, checked, Usage), parse_rate_limits(response.headers))
+
+    async def open_events(
+        self,
+        client: httpx2.AsyncClient,
+        endpoint: str,
+        body: dict[str, Any],
+        deadlines: Deadlines,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+    ) -> EventStream:
+        """Open a streamed request to a non-chat endpoint (legacy completions, the Responses API)."""
+        response = await self._send(
+            client,
+            body,
+            deadlines,
+            stream=True,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            endpoint=endpoint,
+        )
+        choices = int(body.get("n") or 1) if isinstance(body.get("n"), int) else 1
+        return EventStream(self, response, deadlines, endpoint=endpoint, choices=choices)
+
+    async def relay(
+        self, client: httpx2.AsyncClient, method: str, path: str, *, params: Mapping[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A plain request with this backend's auth (fetching a stored Responses answer); an error raises."""
+        missing = self._missing_key()
+        if missing is not None:
+            raise missing
+        failure: ProviderError | None = None
+        response: httpx2.Response | None = None
+        try:
+            response = await client.request(
+                method, self.base_url + path, headers=self._headers, params=params, timeout=httpx2.Timeout(30.0)
+            )
+        except httpx2.TransportError as exc:
+            failure = ConnectionFailed(f"{self.name}: connection failed ({exc})")
+        if failure is not None or response is None:
+            raise failure or ConnectionFailed(f"{self.name}: no response")
+        if response.status_code >= 400:
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text[:2000]
+            raise self.classify(response.status_code, body, response.headers)
+        return response.status_code, {"content-type": response.headers.get("content-type", "")}, response.content
 
     def parse_chunk(self, event_type: bytes, data: bytes, headers: Mapping[str, str]) -> ChatCompletionChunk:
         """One SSE data payload → a chunk; in-band errors and garbage raise."""
@@ -526,18 +633,18 @@ class ChunkStream:
             raise StopAsyncIteration
         self._last_data_at = anyio.current_time()
         try:
-            chunk = self.adapter.parse_chunk(event[0], event[1], self.response.headers)
+            return self._accept(event[0], event[1])
         except ProviderError:
             await self.aclose()
             raise
+
+    def _accept(self, event_type: bytes, data: bytes) -> ChatCompletionChunk:
+        """One data event → the chunk it carries, noting finish reasons, the first token and usage."""
+        chunk = self.adapter.parse_chunk(event_type, data, self.response.headers)
         for choice in chunk.choices:
             if choice.finish_reason is not None:
                 self.finish_reasons[choice.index] = choice.finish_reason
-                try:
-                    self.adapter.check_finish(choice.finish_reason)
-                except ProviderError:
-                    await self.aclose()
-                    raise
+                self.adapter.check_finish(choice.finish_reason)
         if not self.saw_token and has_token(chunk):
             self.saw_token = True
         usage = self.adapter.usage_of(chunk)
@@ -558,3 +665,46 @@ class ChunkStream:
         if not self._closed:
             self._closed = True
             await self.response.aclose()
+
+
+class EventStream(ChunkStream):
+    """A non-chat upstream stream (legacy completions, the Responses API): its events passed on as
+    they came, with the same deadlines and the same faithful ending as a chat stream."""
+
+    def __init__(
+        self,
+        adapter: OpenAICompatible,
+        response: httpx2.Response,
+        deadlines: Deadlines,
+        *,
+        endpoint: str,
+        choices: int,
+    ) -> None:
+        super().__init__(adapter, response, deadlines, choices=choices, usage_expected=endpoint == "completions")
+        self._reading = EventReading(adapter, endpoint, choices, Usage)
+        self.finish_reasons = self._reading.finish_reasons
+
+    @property
+    def finished(self) -> bool:
+        """The answer is whole (every choice finished, or the response's final event came)."""
+        return self._reading.finished
+
+    def _accept(self, event_type: bytes, data: bytes) -> RawEvent:  # type: ignore[override]
+        event = self._reading.read(event_type, data)
+        self.saw_token = self._reading.saw_token
+        self.usage = self._reading.usage
+        return event
+
+    async def __anext__(self) -> RawEvent:  # type: ignore[override]
+        return cast(RawEvent, await super().__anext__())
+
+
+def _ends_with_assistant(body: dict[str, Any]) -> bool:
+    """A chat body whose last message is the assistant's: a continuation (prefill) request."""
+    messages = body.get("messages")
+    return (
+        bool(messages)
+        and isinstance(messages, list)
+        and isinstance(messages[-1], dict)
+        and (messages[-1].get("role") == "assistant")
+    )

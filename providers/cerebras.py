@@ -16,6 +16,7 @@ class CerebrasProvider(OpenAICompatible):
     """api.cerebras.ai/v1; key from CEREBRAS_API_KEY."""
 
     kind = "cerebras"
+    endpoints = frozenset({"chat", "completions"})  # no embeddings; the Responses API is not documented
     default_base_url = "https://api.cerebras.ai/v1"
     api_key_env = "CEREBRAS_API_KEY"
     requires_api_key = True

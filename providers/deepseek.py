@@ -25,6 +25,12 @@ class DeepSeekProvider(OpenAICompatible):
     truncating_finish_reasons = frozenset({"insufficient_system_resource"})
     supports_prefill = True
     prefill_path = "/beta/chat/completions"  # chat prefix completion is a beta feature
+    endpoints = frozenset({"chat", "completions", "responses"})  # no embeddings; FIM completions on /beta
+    endpoint_paths: ClassVar[Mapping[str, str]] = {
+        **OpenAICompatible.endpoint_paths,
+        "completions": "/beta/completions",
+    }
+    keeps_response_state = False  # its Responses API is stateless: no `store`, no `previous_response_id`
     catalog: ClassVar[Mapping[str, ModelFacts]] = DEEPSEEK
     content_filter_signatures: ClassVar[tuple[str, ...]] = (
         *OpenAICompatible.content_filter_signatures,

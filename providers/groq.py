@@ -24,6 +24,8 @@ class GroqProvider(OpenAICompatible):
     requires_api_key = True
     rejected_fields: ClassVar[tuple[str, ...]] = ("logprobs", "top_logprobs", "logit_bias")
     catalog: ClassVar[Mapping[str, ModelFacts]] = GROQ
+    endpoints = frozenset({"chat", "responses"})  # no live embedding model, no legacy completions
+    keeps_response_state = False  # its Responses API (beta) takes `store: false` only
 
     def prepare(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         """Refuse what Groq would 400 on; drop `name` on messages, which only labels a speaker."""

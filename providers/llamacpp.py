@@ -20,6 +20,8 @@ class LlamaCppProvider(OpenAICompatible):
     """A llama.cpp server; `base_url` like http://host:8080/v1, key optional (`--api-key`)."""
 
     kind = "llamacpp"
+    endpoints = frozenset({"chat", "completions", "responses"})  # embeddings: `--embeddings`, declared
+    keeps_response_state = False  # it translates Responses to chat and rejects `previous_response_id`
     default_base_url = "http://127.0.0.1:8080/v1"
     supports_prefill = True  # a trailing assistant message is continued, not answered
 

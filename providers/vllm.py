@@ -24,6 +24,7 @@ class VLLMProvider(OpenAICompatible):
     kind = "vllm"
     default_base_url = "http://127.0.0.1:8000/v1"
     supports_prefill = True
+    endpoints = frozenset({"chat", "completions", "responses"})  # embeddings: a pooling model, declared
 
     def continuation(self, body: dict[str, Any], text: str) -> dict[str, Any]:
         """vLLM continues the final assistant message when asked to (`continue_final_message`)."""
