@@ -226,3 +226,61 @@ def no_candidates(model: str, excluded: list[Exclusion], route: RouteRecord) -> 
     message = f"no deployment of {model!r} can serve this request ({reasons})"
     error = status_error(NoCandidatesError, message, 400, body={"message": message})
     return _attach(error, [], route)  # type: ignore[no-any-return]
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def wire_error(error: openai.APIError) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """The HTTP status, headers and OpenAI-shaped JSON body that tell a client of `error` — what the
+    routing transport (and the gateway) answer, so an openai client raises the same class again."""
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+    elif isinstance(error, openai.APITimeoutError):
+        status = 504
+    else:
+        status = 502  # a connection lost or a stream broken upstream: a bad gateway, as a proxy says
+    headers: dict[str, str] = {"x-should-retry": "false"}  # the router has retried already
+    if isinstance(error, openai.APIStatusError):
+        headers.update(
+            {k: v for k, v in error.response.headers.items() if k.lower().startswith(("retry-after", "x-ratelimit"))}
+        )
+    wait = getattr(error, "retry_after", None)
+    if isinstance(wait, (int, float)) and "retry-after" not in headers:
+        headers["retry-after"] = str(max(1, round(wait)))
+    body = error.body if isinstance(error.body, dict) else {}
+    code = body.get("code")
+    payload = {
+        "message": error.message,
+        "type": body.get("type") if isinstance(body.get("type"), str) else _ERROR_TYPES.get(status, "api_error"),
+        "param": body.get("param"),
+        "code": code if isinstance(code, (str, int)) else None,
+    }
+    return status, headers, {"error": payload}
+
+
+def bad_request(message: str, *, param: str | None = None) -> BadRequestError:
+    """A request the router refuses before routing it (malformed body, unknown hint): HTTP 400."""
+    body = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+    error = status_error(BadRequestError, message, 400, body=body)
+    return _attach(error, [], None)  # type: ignore[no-any-return]
+
+
+def not_routed(method: str, path: str) -> NotFoundError:
+    """A request for an API the router does not route (files, images, audio, …): HTTP 404, naming what it does."""
+    message = (
+        f"inference-router does not route {method} /v1/{path}; it routes chat.completions, completions,"
+        " embeddings, responses and models"
+    )
+    body = {"message": message, "type": "not_found_error", "param": None, "code": "not_routed"}
+    error = status_error(NotFoundError, message, 404, body=body)
+    return _attach(error, [], None)  # type: ignore[no-any-return]

@@ -26,7 +26,10 @@ logger = logging.getLogger("router")
 _RETRY_BROKEN_S = 5.0
 """After a store failure, skip the cache this long before trying it again."""
 
-__all__ = ["CacheStore", "CacheUnavailable", "Entry", "Plan", "ResponseCache", "open_store"]
+__all__ = ["ENDPOINT_KEY", "CacheStore", "CacheUnavailable", "Entry", "Plan", "ResponseCache", "open_store"]
+
+ENDPOINT_KEY = "__endpoint__"
+"""Added to a non-chat request's body for its key, so answers of different endpoints never mix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +75,14 @@ class ResponseCache:
         mode: str,
         ttl_s: float | None,
         alias: CacheOverride | None,
+        always_same: bool = False,
     ) -> Plan | None:
-        """The cache's part in a call, or None when the call doesn't touch the cache."""
+        """The cache's part in a call, or None when the call doesn't touch the cache; `always_same`:
+        the endpoint gives the same answer to the same request whatever its fields (embeddings)."""
         if mode == "no-store" or (alias is not None and not alias.enabled):
             return None
         cacheable = (alias.cacheable if alias and alias.cacheable else None) or self.config.cacheable
-        if cacheable == "deterministic" and not deterministic(body) and mode != "only-if-cached":
+        if cacheable == "deterministic" and not (always_same or deterministic(body)) and mode != "only-if-cached":
             return None
         ttl = ttl_s or (alias.ttl_s if alias and alias.ttl_s else None) or self.config.ttl_s
         key = cache_key(candidates, body, namespace=self.config.namespace)

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from providers import Answered, RateLimitInfo, Usage
+from providers.endpoints import usage_from
+
 ENTRY_VERSION = 1
 
 
@@ -21,11 +24,12 @@ ENTRY_VERSION = 1
 class Entry:
     """One cached answer."""
 
-    kind: Literal["completion", "stream"]
+    kind: Literal["completion", "stream", "answer"]
     created: float
     """Wall-clock epoch seconds when it was stored."""
     items: list[dict[str, Any]]
-    """One completion, or the stream's chunks, as JSON data."""
+    """One completion, the stream's chunks, or another endpoint's answer (embeddings, legacy
+    completions), as JSON data."""
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -42,7 +46,7 @@ class Entry:
         if (
             not isinstance(data, dict)
             or data.get("v") != ENTRY_VERSION
-            or data.get("kind") not in ("completion", "stream")
+            or data.get("kind") not in ("completion", "stream", "answer")
         ):
             return None
         return cls(data["kind"], float(data["created"]), list(data["items"]))
@@ -54,6 +58,15 @@ class Entry:
     @classmethod
     def of_stream(cls, chunks: list[ChatCompletionChunk]) -> Entry:
         return cls("stream", time.time(), [c.model_dump(mode="json", exclude_unset=True) for c in chunks])
+
+    @classmethod
+    def of_answer(cls, data: dict[str, Any]) -> Entry:
+        return cls("answer", time.time(), [data])
+
+    def answer(self, endpoint: str) -> Answered:
+        """Another endpoint's stored answer, as it was received."""
+        data = self.items[0]
+        return Answered(json.dumps(data).encode(), data, usage_from(endpoint, data, Usage), RateLimitInfo())
 
     def completion(self) -> ChatCompletion:
         """The answer as a completion (merging a stored stream's deltas)."""

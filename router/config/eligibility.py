@@ -31,6 +31,10 @@ class RequestFacts:
     uses_tools: bool
     uses_json_schema: bool
     stream: bool
+    endpoint: str = "chat"
+    """`chat`, `completions`, `embeddings` or `responses`."""
+    needs_response_state: bool = False
+    """A Responses request that continues a stored response (`previous_response_id`)."""
 
     def profile(self) -> RequestProfile:
         """The request as policies see it."""
@@ -46,9 +50,22 @@ def _text_length(value: Any) -> int:
     return 0
 
 
+def _input_length(value: Any) -> int:
+    """Characters in a `prompt` or `input` (a string, strings, token ids, or Responses input items)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int):
+        return _CHARS_PER_TOKEN  # a token id
+    if isinstance(value, list):
+        return sum(_input_length(item) for item in value)
+    if isinstance(value, dict):
+        return _text_length(value.get("content")) + _input_length(value.get("text"))
+    return 0
+
+
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """A cheap upper-ish estimate: about four characters a token, plus framing per message and tool schemas."""
-    chars = 0
+    chars = sum(_input_length(body.get(name)) for name in ("prompt", "input", "instructions"))
     messages = body.get("messages") or []
     for message in messages:
         if isinstance(message, dict):
@@ -63,16 +80,21 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     return chars // _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE * len(messages)
 
 
-def request_facts(body: Mapping[str, Any], *, stream: bool) -> RequestFacts:
-    """Read the facts of a request body (the OpenAI fields)."""
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+def request_facts(body: Mapping[str, Any], *, stream: bool, endpoint: str = "chat") -> RequestFacts:
+    """Read the facts of a request body (the OpenAI fields of any endpoint)."""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     response_format = body.get("response_format")
+    text_format = body.get("text")
+    if isinstance(text_format, dict) and isinstance(text_format.get("format"), dict):
+        response_format = text_format["format"]  # the Responses API's structured output
     return RequestFacts(
         prompt_tokens=estimate_prompt_tokens(body),
         max_output_tokens=int(max_tokens) if isinstance(max_tokens, (int, float)) else None,
         uses_tools=bool(body.get("tools")),
         uses_json_schema=isinstance(response_format, dict) and response_format.get("type") == "json_schema",
         stream=stream,
+        endpoint=endpoint,
+        needs_response_state=bool(body.get("previous_response_id")),
     )
 
 
@@ -111,6 +133,9 @@ class Serves:
     stream: bool = True
     context_window: int | None = None
     prefill: bool = False
+    endpoints: frozenset[str] = frozenset({"chat", "completions", "embeddings", "responses"})
+    response_state: bool = True
+    """Its Responses API keeps answers, so `previous_response_id` can refer to them."""
 
 
 def exclusion_reason(
@@ -121,6 +146,13 @@ def exclusion_reason(
     stats: StatsView,
 ) -> str | None:
     """Why `candidate` may not serve this call, or None when it may."""
+    if facts.endpoint not in serves.endpoints:
+        return (
+            f"does not serve the {facts.endpoint} endpoint ({candidate.provider} serves"
+            f" {', '.join(sorted(serves.endpoints))}; a deployment's `endpoints:` overrides)"
+        )
+    if facts.needs_response_state and not serves.response_state:
+        return "keeps no Responses state, so cannot continue `previous_response_id`"
     if limits.only and not names_match(candidate, limits.only):
         return "not in the `only` list (hint or rule)"
     if limits.exclude and names_match(candidate, limits.exclude):

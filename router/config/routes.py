@@ -123,6 +123,8 @@ class RouteTable:
                     stream=caps.stream,
                     context_window=entry.context_window or adapter.context_window(entry.model),
                     prefill=adapter.supports_prefill if caps.prefill is None else caps.prefill,
+                    endpoints=frozenset(entry.endpoints) if entry.endpoints is not None else adapter.endpoints,
+                    response_state=adapter.keeps_response_state,
                 )
                 timeouts = merge_timeouts(config.timeouts, backend.timeouts, model.timeouts)
                 deployment = Deployment(candidate, adapter, timeouts, serves, price_fixed=price is not None)

@@ -148,6 +148,9 @@ class DeploymentConfig(_Strict):
     max_concurrency: int | None = Field(None, ge=1)
     capabilities: Capabilities = Field(default_factory=Capabilities)
     priors: Priors = Field(default_factory=Priors)
+    endpoints: list[Literal["chat", "completions", "embeddings", "responses"]] | None = Field(None, min_length=1)
+    """The endpoints this deployment serves, when not what its provider kind serves (README "Endpoints"):
+    e.g. `[embeddings]` for a vLLM or llama.cpp server running an embedding model."""
 
 
 class Constraints(_Strict):

@@ -7,6 +7,7 @@ order candidates, and this module decides what to try next and writes down what 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from policies import DeploymentStats, Policy, RequestProfile, StatsView, get_policy
 from policies.estimates import expected_cost_usd, expected_duration_s, expected_ttft_s, load
 from providers import (
+    Answered,
     ChunkStream,
     Completed,
     ContextTooLong,
@@ -35,7 +37,8 @@ from providers import (
     Usage,
     parse_rate_limits,
 )
-from router.cache import Entry, Plan, ResponseCache
+from providers.endpoints import RawEvent
+from router.cache import ENDPOINT_KEY, Entry, Plan, ResponseCache
 from router.config import HedgePolicy, RetryPolicy, StreamPolicy, Timeouts, TimeoutsOverride, merge_timeouts
 from router.config.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
 from router.config.routes import Deployment, ModelRoute, RouteTable
@@ -43,12 +46,14 @@ from router.errors import cache_miss, no_candidates, to_caller_error
 from router.path.circuit import Circuits
 from router.path.events import CallInfo, CircuitChange, Observers
 from router.path.hints import RouteHints
+from router.path.homes import ResponseHomes
 from router.path.record import Attempt, RankedCandidate, RouteRecord, attach_route
 from router.path.shared import SharedState
 from router.path.stats import StatsStore
 from router.path.streaming import Leg, OnFinish, Replay, RouterStream
 
 T = TypeVar("T")
+A = TypeVar("A", Completed, Answered)
 logger = logging.getLogger("router")
 
 
@@ -88,6 +93,8 @@ class Call:
     """Every circuit was open: each deployment is tried once anyway."""
     extra_headers: Mapping[str, str] | None = None
     extra_query: Mapping[str, Any] | None = None
+    endpoint: str = "chat"
+    """Which OpenAI endpoint the call is for: `chat`, `completions`, `embeddings` or `responses`."""
 
 
 @dataclass(slots=True)
@@ -122,6 +129,7 @@ class RequestPath:
         shared: SharedState | None = None,
         observers: Observers | None = None,
         circuits: Circuits | None = None,
+        homes: ResponseHomes | None = None,
     ) -> None:
         self.table = table
         self.client = client
@@ -139,6 +147,8 @@ class RequestPath:
         self.observers = observers or Observers()
         self.circuits.on_open = shared.circuit_opened if shared is not None else None
         self.circuits.on_change = self._circuit_changed
+        self.homes = homes if homes is not None else ResponseHomes()
+        """Which deployment holds each stored Responses answer (shared across reloads)."""
 
     def _circuit_changed(self, candidate_id: str, previous: str, state: str, why: str) -> None:
         self.observers.circuit_changed(CircuitChange(candidate_id, previous, state, why))
@@ -155,11 +165,16 @@ class RequestPath:
         timeout_s: float | None,
         extra_headers: Mapping[str, str] | None,
         extra_query: Mapping[str, Any] | None,
+        endpoint: str = "chat",
     ) -> tuple[Call, list[ModelRoute]]:
         """Resolve the model, apply the first matching rule, and open the call's budgets (deadline, attempts)."""
         table = self.table
         tiers = table.resolve(model)
-        facts = request_facts(body, stream=stream)
+        facts = request_facts(body, stream=stream, endpoint=endpoint)
+        if facts.needs_response_state:  # a stored response lives on one deployment: go there
+            home = self.homes.get(body["previous_response_id"])
+            if home is not None:
+                hints = hints.model_copy(update={"only": (home,), "exclude": ()})
         rule = table.rules.match(model, body, facts, hints.tags, self.wall_clock()) if table.rules else None
         timeouts = deadline_s = None
         if rule is not None:
@@ -177,6 +192,7 @@ class RequestPath:
             alias=first.name if first.name in table.routes else None,
             policy=hints.policy or first.policy,
             stream=stream,
+            endpoint=endpoint,
             tags=list(hints.tags),
             rule=rule.name if rule is not None else None,
         )
@@ -195,6 +211,7 @@ class RequestPath:
             timeouts,
             extra_headers=extra_headers,
             extra_query=extra_query,
+            endpoint=endpoint,
         )
         return call, tiers
 
@@ -202,8 +219,8 @@ class RequestPath:
 
     def cache_plan(self, call: Call, tiers: list[ModelRoute]) -> Plan | None:
         """Whether and how this call uses the cache; its key covers the candidate set the hints leave."""
-        if self.cache is None:
-            return None
+        if self.cache is None or call.endpoint == "responses" or (call.stream and call.endpoint != "chat"):
+            return None  # a Responses answer has an id of its own; other endpoints' streams aren't kept
         hints = call.hints
         candidates = []
         for route in tiers:
@@ -214,7 +231,15 @@ class RequestPath:
                 if not (only and not names_match(d.candidate, only))
                 and not (exclude and names_match(d.candidate, exclude))
             ]
-        return self.cache.plan(candidates, call.body, mode=hints.cache, ttl_s=hints.cache_ttl_s, alias=tiers[0].cache)
+        body = call.body if call.endpoint == "chat" else {**call.body, ENDPOINT_KEY: call.endpoint}
+        return self.cache.plan(
+            candidates,
+            body,
+            mode=hints.cache,
+            ttl_s=hints.cache_ttl_s,
+            alias=tiers[0].cache,
+            always_same=call.endpoint == "embeddings",
+        )
 
     async def _cached(self, call: Call, plan: Plan) -> Entry | None:
         """A hit, or None; with `only-if-cached`, a miss raises."""
@@ -298,7 +323,7 @@ class RequestPath:
 
     async def serve(
         self, call: Call, tiers: list[ModelRoute], *, caller_wants_usage: bool
-    ) -> ChatCompletion | RouterStream:
+    ) -> ChatCompletion | Answered | RouterStream:
         """Serve the call and tell the observers how it went (a stream's end is told when it ends)."""
         observers = self.observers
         observers.call_started(call.info)
@@ -306,7 +331,11 @@ class RequestPath:
             with observers.call_scope(call.info):  # e.g. the call's span made current for what runs inside
                 if call.stream:
                     return await self.stream(call, tiers, caller_wants_usage=caller_wants_usage)
-                completion = await self.complete(call, tiers)
+                completion: ChatCompletion | Answered
+                if call.endpoint == "chat":
+                    completion = await self.complete(call, tiers)
+                else:
+                    completion = await self.answer(call, tiers)
         except BaseException as error:
             observers.call_failed(call.info, error)
             raise
@@ -334,9 +363,44 @@ class RequestPath:
             await self.cache.done(plan.key)
 
     async def _complete_upstream(self, call: Call, tiers: list[ModelRoute]) -> ChatCompletion:
-        """Steps 3–5 for a non-streamed call: the first deployment that answers wins."""
-        served = await self._first_success(call, tiers, self._complete_once)
-        completed: Completed = served.result
+        """Steps 3–5 for a non-streamed chat call: the first deployment that answers wins."""
+        completed = await self._answer_upstream(call, tiers, self._complete_once)
+        attach_route(completed.completion, call.record)
+        return completed.completion
+
+    async def answer(self, call: Call, tiers: list[ModelRoute]) -> Answered:
+        """Serve a non-streamed call to another endpoint (completions, embeddings, responses):
+        from the cache where the endpoint's answers may be kept, else the first deployment that answers."""
+        plan = self.cache_plan(call, tiers)
+        if plan is None:
+            answered = await self._answer_upstream(call, tiers, self._answer_once)
+            attach_route(answered, call.record)
+            return answered
+        entry = await self._cached(call, plan) or await self._shared_call(call, plan)
+        if entry is not None:
+            answered = entry.answer(call.endpoint)
+            call.record.usage = answered.usage
+            attach_route(answered, call.record)
+            return answered
+        assert self.cache is not None
+        try:
+            answered = await self._answer_upstream(call, tiers, self._answer_once)
+            attach_route(answered, call.record)
+            if plan.write:
+                await self.cache.put(plan.key, Entry.of_answer(answered.data), plan.ttl_s)
+            return answered
+        finally:
+            await self.cache.done(plan.key)
+
+    async def _answer_upstream(
+        self,
+        call: Call,
+        tiers: list[ModelRoute],
+        operation: Callable[[Deployment, dict[str, Any], Deadlines, Call], Awaitable[A]],
+    ) -> A:
+        """Steps 3–5 for a non-streamed call of any endpoint: the first deployment that answers wins."""
+        served = await self._first_success(call, tiers, operation)
+        completed = served.result
         now = anyio.current_time()
         candidate_id = served.deployment.candidate.id
         self.stats.end(candidate_id, now, ok=True, seconds=now - served.started, cached_share=_cached_share(completed))
@@ -347,8 +411,17 @@ class RequestPath:
         record.cost_usd = self.cost_usd(candidate_id, completed.usage)
         record.rate_limits = completed.rate_limits
         record.complete = True
-        attach_route(completed.completion, record)
-        return completed.completion
+        if isinstance(completed, Answered) and call.endpoint == "responses":
+            self._remember_home(call, served.deployment, completed.data)
+        return completed
+
+    def _remember_home(self, call: Call, deployment: Deployment, response: Any) -> None:
+        """Note where a stored Responses answer lives, so calls that continue it go there."""
+        if call.body.get("store") is False or not deployment.serves.response_state or not isinstance(response, dict):
+            return
+        response_id = response.get("id")
+        if isinstance(response_id, str):
+            self.homes.remember(response_id, deployment.candidate.id)
 
     def cost_usd(self, candidate_id: str, usage: Usage | None) -> float | None:
         """What an answer cost on a deployment, from its usage and the price in effect now: uncached
@@ -434,8 +507,8 @@ class RequestPath:
             call_started=call.started,
             stats=self.stats,
             circuits=self.circuits,
-            include_usage=caller_wants_usage,
-            recover=recover if call.streams.recover == "continue" else None,
+            include_usage=caller_wants_usage or call.endpoint != "chat",
+            recover=recover if call.streams.recover == "continue" and call.endpoint == "chat" else None,
             on_finish=on_finish,
             pricing=self.cost_usd,
             observers=self.observers,
@@ -476,13 +549,32 @@ class RequestPath:
             self.client, body, deadlines, extra_headers=call.extra_headers, extra_query=call.extra_query
         )
 
+    async def _answer_once(
+        self, deployment: Deployment, body: dict[str, Any], deadlines: Deadlines, call: Call
+    ) -> Answered:
+        return await deployment.adapter.answer(
+            self.client, call.endpoint, body, deadlines, extra_headers=call.extra_headers, extra_query=call.extra_query
+        )
+
     async def _open_stream(
         self, deployment: Deployment, body: dict[str, Any], deadlines: Deadlines, call: Call
     ) -> _Opened:
         """Open the stream and hold its chunks back until the first token: the commit point."""
-        upstream = await deployment.adapter.stream(
-            self.client, body, deadlines, extra_headers=call.extra_headers, extra_query=call.extra_query
-        )
+        adapter = deployment.adapter
+        upstream: ChunkStream
+        if call.endpoint == "chat":
+            upstream = await adapter.stream(
+                self.client, body, deadlines, extra_headers=call.extra_headers, extra_query=call.extra_query
+            )
+        else:
+            upstream = await adapter.open_events(
+                self.client,
+                call.endpoint,
+                body,
+                deadlines,
+                extra_headers=call.extra_headers,
+                extra_query=call.extra_query,
+            )
         buffered: list[ChatCompletionChunk] = []
         whole = call.streams.commit == "buffer"  # hold everything back until the answer is complete
         first_token_at = None
@@ -497,6 +589,10 @@ class RequestPath:
         except BaseException:
             await upstream.aclose()
             raise
+        if call.endpoint == "responses":
+            events: list[Any] = buffered  # a non-chat stream's items are its raw events
+            created = next((_json(e.data) for e in events if isinstance(e, RawEvent)), None)
+            self._remember_home(call, deployment, created.get("response") if isinstance(created, dict) else None)
         return _Opened(upstream, buffered, first_token_at)
 
     async def _first_success(
@@ -728,7 +824,9 @@ class RequestPath:
         attempt = Attempt(candidate.backend, candidate.provider, candidate.model, "ok", 0.0)
         call.record.attempts.append(attempt)
         try:
-            body = deployment.adapter.prepare(body or {**call.body, "model": candidate.model}, stream=call.stream)
+            body = deployment.adapter.prepare_for(
+                call.endpoint, body or {**call.body, "model": candidate.model}, stream=call.stream
+            )
         except ProviderError as failure:
             _failed(attempt, failure, 0.0)
             attempt.sent = False
@@ -954,7 +1052,7 @@ def _trace(
     )
 
 
-def _cached_share(completed: Completed) -> float | None:
+def _cached_share(completed: Completed | Answered) -> float | None:
     usage = completed.usage
     if usage is None or usage.prompt_tokens <= 0:
         return None
@@ -975,3 +1073,11 @@ def _failed(attempt: Attempt, failure: ProviderError, seconds: float) -> None:
     attempt.status_code = failure.status_code
     attempt.error = failure.message
     attempt.retry_after_s = failure.retry_after
+
+
+def _json(data: bytes) -> Any:
+    """JSON from an event's data, or None."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

@@ -63,6 +63,8 @@ class RouteRecord:
     alias: str | None
     policy: str
     stream: bool
+    endpoint: str = "chat"
+    """`chat`, `completions`, `embeddings` or `responses`."""
     tags: list[str] = field(default_factory=list)
     """The call's `route={"tags": [...]}`: usage is aggregated by them."""
     rule: str | None = None
@@ -119,11 +121,59 @@ def attach_route(obj: object, record: RouteRecord) -> None:
     object.__setattr__(obj, _ATTRIBUTE, record)
 
 
+ROUTE_EXTENSION = "inference_router.route"
+"""Where an HTTP response made by the router (the routing transport, the gateway) keeps its record."""
+
+
 def route_of(obj: object) -> RouteRecord:
-    """The route record of a response or stream returned by the router."""
+    """The route record of anything the router returned: a completion (parsed or not), embeddings,
+    a Responses answer, a stream or stream helper, or a raw HTTP response (`with_raw_response`)."""
     record = getattr(obj, _ATTRIBUTE, None)
     if record is None:
         record = getattr(obj, "route", None)
+    if record is None:  # raw responses and streams carry the HTTP response the routing transport made
+        for name in ("http_response", "response", "_response", "_raw_stream"):
+            inner = getattr(obj, name, None)
+            if inner is None or inner is obj:
+                continue
+            extensions = getattr(inner, "extensions", None)
+            if isinstance(extensions, dict) and isinstance(extensions.get(ROUTE_EXTENSION), RouteRecord):
+                record = extensions[ROUTE_EXTENSION]
+                break
+            nested = getattr(inner, _ATTRIBUTE, None)
+            if isinstance(nested, RouteRecord):
+                record = nested
+                break
     if not isinstance(record, RouteRecord):
         raise ValueError("this object was not returned by inference-router")
     return record
+
+
+HEADER_PREFIX = "x-inference-router-"
+
+
+def route_headers(record: RouteRecord) -> dict[str, str]:
+    """The route record as HTTP response headers (`x-inference-router-*`; README "Route headers"):
+    what served, how many attempts, what was tried, fallback, cache, cost. Values are ASCII."""
+    headers = {
+        HEADER_PREFIX + "endpoint": record.endpoint,
+        HEADER_PREFIX + "attempts": str(sum(1 for a in record.attempts if a.sent)),
+        HEADER_PREFIX + "cached": "true" if record.cached else "false",
+    }
+    if record.backend is not None:
+        headers[HEADER_PREFIX + "backend"] = record.backend
+        headers[HEADER_PREFIX + "provider"] = record.provider or ""
+        headers[HEADER_PREFIX + "model"] = record.model or ""
+    if record.alias is not None:
+        headers[HEADER_PREFIX + "alias"] = record.alias
+    if record.fallback is not None:
+        headers[HEADER_PREFIX + "fallback"] = record.fallback
+    if record.rule is not None:
+        headers[HEADER_PREFIX + "rule"] = record.rule
+    if record.attempts:
+        headers[HEADER_PREFIX + "tried"] = ", ".join(f"{a.backend}/{a.model}:{a.outcome}" for a in record.attempts)
+    if record.cost_usd is not None:
+        headers[HEADER_PREFIX + "cost-usd"] = f"{record.cost_usd:.8f}"
+    if record.latency_s is not None:
+        headers[HEADER_PREFIX + "latency-ms"] = f"{record.latency_s * 1000:.1f}"
+    return {k: v.encode("ascii", "replace").decode("ascii") for k, v in headers.items()}

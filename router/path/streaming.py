@@ -16,13 +16,15 @@ from types import TracebackType
 from typing import Protocol
 
 import anyio
+import httpx2
+from openai import AsyncStream
 from openai.types.chat import ChatCompletionChunk
 
 from providers import ProviderError, Usage, has_token
 from router.errors import stream_interrupted
 from router.path.circuit import Circuits
 from router.path.events import CallInfo, Observers
-from router.path.record import Attempt, RouteRecord, attach_route
+from router.path.record import ROUTE_EXTENSION, Attempt, RouteRecord, attach_route, route_headers
 from router.path.stats import StatsStore
 
 
@@ -76,8 +78,12 @@ Recover = Callable[[str, int], Awaitable[Leg | None]]
 """Given the text delivered so far and the chunks it took, open a stream that continues it (or None)."""
 
 
-class RouterStream:
-    """An async iterator of `ChatCompletionChunk`, closable early (the connection goes at once)."""
+class RouterStream(AsyncStream[ChatCompletionChunk]):
+    """An async iterator of `ChatCompletionChunk`, closable early (the connection goes at once).
+
+    An `openai.AsyncStream`, as `create(stream=True)` returns, for code that checks; its
+    `response` is a stand-in HTTP response carrying the route headers (nothing was sent from here).
+    """
 
     def __init__(
         self,
@@ -117,6 +123,19 @@ class RouterStream:
     def route(self) -> RouteRecord:
         """The route record; `complete` turns True when the stream has ended."""
         return self._record
+
+    @property
+    def response(self) -> httpx2.Response:  # type: ignore[override]
+        """A stand-in for the HTTP response: status 200 and the route headers as they were at the commit."""
+        made: httpx2.Response | None = self.__dict__.get("_response")
+        if made is None:
+            made = httpx2.Response(
+                200,
+                headers={"content-type": "text/event-stream", **route_headers(self._record)},
+                extensions={ROUTE_EXTENSION: self._record},
+            )
+            self.__dict__["_response"] = made
+        return made
 
     def __aiter__(self) -> RouterStream:
         return self
