@@ -512,7 +512,7 @@ async def hit_parts(
 
     from router.cache.entries import Entry
     from router.cache.keys import cache_key
-    from router.client import _jsonable
+    from router.engine import jsonable as _jsonable
     from router.path.hints import RouteHints
 
     body = {"messages": MESSAGES, "temperature": 0, "max_tokens": MAX_TOKENS}

@@ -1,114 +1,108 @@
-"""`AsyncRouter` and `Router`: drop-ins for `openai.AsyncOpenAI` / `openai.OpenAI` chat completions.
+"""`AsyncRouter` and `Router`: `openai.AsyncOpenAI` and `openai.OpenAI`, routed.
 
-Change one line — the client construction — and `client.chat.completions.create(...)` keeps
-its arguments, its return types (`ChatCompletion`, a stream of `ChatCompletionChunk`) and its
-exception classes, while each call is routed across the configured backends.
+Change one line — the client construction — and every call keeps its arguments, return types
+and exception classes while it is routed across the configured backends. `chat.completions.create`
+goes straight into the request path (the fast path); every other method (`parse`, `stream`,
+`with_raw_response`, `with_streaming_response`, `completions`, `embeddings`, `responses`,
+`models`) is openai's own code over the routing transport (`router/transport.py`), which hands
+the request to the same path. Either way there is one path: `router/path/pipeline.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import random
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from functools import partial
-from pathlib import Path
+from functools import cached_property, partial
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, cast, overload
 
 import anyio
-import anyio.abc
-import anyio.to_thread
 import httpx2
 import openai
 from anyio.from_thread import BlockingPortal
+from openai.resources.chat import AsyncChat, AsyncCompletions, Chat, Completions
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
-from pydantic import BaseModel
 
-from router.cache import ResponseCache
-from router.config import ConfigError, ConfigIssue, RouterConfig, load_config
-from router.config.routes import RouteTable
-from router.observe.logs import register_secret
+from router.config import RouterConfig
+from router.engine import ConfigSource, RouterEngine, as_config, jsonable, timeout_seconds, watched
 from router.observe.usage import UsageLedger, UsageRow
-from router.path.circuit import Circuits
-from router.path.events import EventKind, Hook, Hooks, Observer, Observers
-from router.path.health import DeploymentHealth, health_report
+from router.path.events import EventKind, Hook, Hooks, Observers
+from router.path.health import DeploymentHealth
 from router.path.hints import RouteHints
-from router.path.load import LoadPoller
 from router.path.pipeline import RequestPath
-from router.path.record import RouteRecord, attach_route
-from router.path.shared import SharedState
+from router.path.record import ROUTE_EXTENSION, RouteRecord, attach_route
 from router.path.stats import MemoryStats
 from router.path.streaming import RouterStream
+from router.transport import ERROR_EXTENSION, RoutingTransport, SyncRoutingTransport
 
 T = TypeVar("T")
-logger = logging.getLogger("router")
-_NOT_SENT = (openai.NotGiven, openai.Omit)
-ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | RouterConfig
+PLACEHOLDER_API_KEY = "inference-router"
+"""The `api_key` an openai client must have; the router's is never sent anywhere (backends have their own)."""
+BASE_URL = "http://inference-router.invalid/v1"
+"""The `base_url` frameworks read; nothing is sent there (the routing transport answers every request)."""
+_OWN_HEADERS = "x-stainless-"
+"""openai's raw/streaming-response and helper calls mark `create` with these: they take openai's own path."""
 
 
-def _jsonable(value: Any) -> Any:
-    """Request values as JSON data; pydantic objects (e.g. a previous reply's message) by their set fields."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude_unset=True, by_alias=True)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items() if not isinstance(v, _NOT_SENT)}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+def _through_openai(extra_headers: Mapping[str, str] | None) -> bool:
+    """Whether this `create` came from openai's own machinery (`with_raw_response`, `.stream()`, …)."""
+    return bool(extra_headers) and any(k.lower().startswith(_OWN_HEADERS) for k in extra_headers or ())
 
 
-def _timeout_seconds(timeout: Any) -> float | None:
-    """openai's per-request `timeout` (seconds or an httpx Timeout) as one call deadline."""
-    if timeout is None or isinstance(timeout, _NOT_SENT):
-        return None
-    if isinstance(timeout, (int, float)):
-        return float(timeout)
-    parts = [getattr(timeout, name, None) for name in ("read", "connect", "write", "pool")]
-    numbers = [p for p in parts if isinstance(p, (int, float))]
-    return max(numbers) if numbers else None
+def _hints_and_body(
+    route: RouteHints | Mapping[str, Any] | None, extra_body: Mapping[str, Any] | None
+) -> tuple[RouteHints, dict[str, Any]]:
+    """The call's hints (`route=`, or `extra_body={"route": …}` from a framework) and the rest of `extra_body`."""
+    extra = dict(extra_body) if extra_body else {}
+    from_body = extra.pop("route", None)
+    chosen = route if route is not None else from_body
+    return RouteHints.coerce(dict(chosen) if isinstance(chosen, Mapping) else chosen), extra
 
 
-def _as_config(source: ConfigSource, env: Mapping[str, str] | None) -> RouterConfig:
-    return source if isinstance(source, RouterConfig) else load_config(source, env=env)
+def _chat_body(
+    messages: Iterable[ChatCompletionMessageParam], params: Mapping[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": jsonable(list(messages))}
+    for key, value in params.items():
+        if not isinstance(value, (openai.NotGiven, openai.Omit)):
+            body[key] = jsonable(value)
+    if extra:
+        body.update(jsonable(extra))
+    return body
 
 
-def _exporters(config: RouterConfig) -> tuple[list[Observer], Any]:
-    """The tracing and metrics observers the `telemetry:` section asks for (and the metrics object)."""
-    telemetry = config.telemetry
-    observers: list[Observer] = []
-    metrics = None
-    if telemetry.otel != "off":
-        from router.observe.otel import OTelObserver, otel_available
-
-        if telemetry.otel == "on" or otel_available():
-            try:
-                observers.append(OTelObserver())
-            except ImportError as exc:
-                raise ConfigError([ConfigIssue("<config>", None, "telemetry.otel", str(exc))]) from None
-    if telemetry.prometheus:
-        from router.observe.metrics import PrometheusMetrics
-
-        try:
-            metrics = PrometheusMetrics()
-        except ImportError as exc:
-            raise ConfigError([ConfigIssue("<config>", None, "telemetry.prometheus", str(exc))]) from None
-        observers.append(metrics)
-        if telemetry.prometheus_port is not None:
-            metrics.serve(telemetry.prometheus_port)
-    return observers, metrics
+def _wants_usage(stream: bool, params: Mapping[str, Any]) -> bool:
+    options = params.get("stream_options")
+    return stream and isinstance(options, Mapping) and bool(options.get("include_usage"))
 
 
-class AsyncCompletions:
-    """`router.chat.completions`: the one call callers make."""
+def _route_argument(
+    route: RouteHints | Mapping[str, Any] | None, extra_body: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """`route=` folded into `extra_body`, for a call that goes through openai's own code."""
+    if route is None:
+        return dict(extra_body) if extra_body else None
+    hints = route.model_dump(exclude_defaults=True) if isinstance(route, RouteHints) else dict(route)
+    return {**(extra_body or {}), "route": hints}
 
-    def __init__(self, router: AsyncRouter) -> None:
-        self._router = router
 
-    @overload
+def _with_route(result: T, response: httpx2.Response) -> T:
+    """What openai parsed from a routed response, with the route record on it (`route_of`)."""
+    record = response.extensions.get(ROUTE_EXTENSION)
+    if isinstance(record, RouteRecord) and not isinstance(result, httpx2.Response):
+        with contextlib.suppress(AttributeError, TypeError):  # no __dict__: the raw response still has it
+            attach_route(result, record)
+    return result
+
+
+class RoutedAsyncCompletions(AsyncCompletions):
+    """`router.chat.completions`: openai's resource, with `create` taking the fast path into the router."""
+
+    _client: AsyncRouter
+
+    @overload  # type: ignore[override]
     async def create(
         self,
         *,
@@ -166,111 +160,190 @@ class AsyncCompletions:
         timeout: Any = None,
         **params: Any,
     ) -> ChatCompletion | RouterStream:
-        """Route one chat completion; same arguments as openai's, plus `route=` hints."""
+        """Route one chat completion; openai's arguments, plus `route=` hints (or `extra_body={"route": …}`)."""
+        if _through_openai(extra_headers):
+            raw: Any = await super().create(
+                model=model,
+                messages=messages,
+                stream=stream,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=_route_argument(route, extra_body),
+                timeout=timeout if timeout is not None else openai.NOT_GIVEN,
+                **params,
+            )
+            return cast(ChatCompletion, raw)  # or an AsyncStream / raw response of openai's own making
         streaming = stream is True
-        hints = RouteHints.coerce(dict(route) if isinstance(route, Mapping) else route)
-        body: dict[str, Any] = {"messages": _jsonable(list(messages))}
-        for key, value in params.items():
-            if not isinstance(value, _NOT_SENT):
-                body[key] = _jsonable(value)
-        if extra_body:
-            body.update(_jsonable(dict(extra_body)))
-        path = self._router._path  # read once: a reload mid-call doesn't change this call's config
-        call, tiers = path.start(
+        hints, extra = _hints_and_body(route, extra_body)
+        result = await self._client._engine.route(
+            "chat",
             model,
-            body,
+            _chat_body(messages, params, extra),
             stream=streaming,
             hints=hints,
-            timeout_s=_timeout_seconds(timeout),
+            timeout_s=timeout_seconds(timeout),
             extra_headers=extra_headers,
             extra_query=extra_query,
+            caller_wants_usage=_wants_usage(streaming, params),
         )
-        options = params.get("stream_options")
-        wants_usage = streaming and isinstance(options, Mapping) and bool(options.get("include_usage"))
-        return await path.serve(call, tiers, caller_wants_usage=wants_usage)
+        assert isinstance(result, (ChatCompletion, RouterStream))
+        return result
 
 
-class AsyncChat:
+class RoutedAsyncChat(AsyncChat):
     """`router.chat`."""
 
-    def __init__(self, router: AsyncRouter) -> None:
-        self.completions = AsyncCompletions(router)
+    @cached_property
+    def completions(self) -> RoutedAsyncCompletions:
+        return RoutedAsyncCompletions(self._client)
 
 
-class AsyncRouter:
-    """Routes OpenAI-style chat completions across backends; use as `async with`."""
+class AsyncRouter(openai.AsyncOpenAI):
+    """An `openai.AsyncOpenAI` that routes every call across the configured backends; use as `async with`.
+
+    `AsyncRouter()` reads the config file named by `INFERENCE_ROUTER_CONFIG`; `AsyncRouter(path_or_mapping)`
+    or `AsyncRouter.from_config(...)` take one. openai's own options (`timeout`, `default_headers`, …) are
+    accepted as openai takes them; `api_key` and `base_url` are placeholders (each backend has its own),
+    and openai's retries are off (the router retries, once, in its path).
+    """
 
     def __init__(
         self,
-        config: RouterConfig,
+        config: ConfigSource | None = None,
         *,
-        http_client: httpx2.AsyncClient | None = None,
+        env: Mapping[str, str] | None = None,
         seed: int | None = None,
+        watch: bool | float = False,
+        backend_client: httpx2.AsyncClient | None = None,
+        http_client: httpx2.AsyncClient | None = None,
+        _engine: RouterEngine | None = None,
+        **openai_options: Any,
     ) -> None:
-        self.config = config
-        self._owns_client = http_client is None
-        self._client = http_client or httpx2.AsyncClient(
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
-            timeout=httpx2.Timeout(None, connect=5.0),
+        if _engine is None:
+            file = watched(config, watch)  # hashed before reading: an edit in between is reloaded
+            _engine = RouterEngine(as_config(config, env), backend_client=backend_client, seed=seed, watch=file)
+        self._engine = _engine
+        for name in ("api_key", "base_url", "max_retries", "_enforce_credentials"):
+            openai_options.pop(name, None)
+        super().__init__(
+            api_key=PLACEHOLDER_API_KEY,
+            base_url=BASE_URL,
+            max_retries=0,
+            http_client=http_client or httpx2.AsyncClient(transport=RoutingTransport(_engine), timeout=None),
+            **openai_options,
         )
-        self.stats = MemoryStats()
-        self.cache = ResponseCache(config.cache) if config.cache is not None else None
+
+    @classmethod
+    def from_config(
+        cls,
+        source: ConfigSource,
+        *,
+        env: Mapping[str, str] | None = None,
+        backend_client: httpx2.AsyncClient | None = None,
+        seed: int | None = None,
+        watch: bool | float = False,
+    ) -> Self:
+        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`.
+
+        `watch=True` (or a poll interval in seconds) reloads the file whenever it changes while the
+        router is open (`async with`)."""
+        return cls(source, env=env, backend_client=backend_client, seed=seed, watch=watch)
+
+    def copy(self, **options: Any) -> Self:
+        """openai's `copy` / `with_options`: a client with other options over the same router (same
+        stats, circuits, cache and config)."""
+        extra = {**(options.pop("_extra_kwargs", None) or {}), "_engine": self._engine}
+        return super().copy(**options, _extra_kwargs=extra)
+
+    with_options = copy
+
+    @cached_property
+    def chat(self) -> RoutedAsyncChat:
+        return RoutedAsyncChat(self)
+
+    # --- what openai's machinery needs to keep the router's types --------------------------
+
+    async def _process_response(self, *, response: httpx2.Response, **kwargs: Any) -> Any:
+        return _with_route(await super()._process_response(response=response, **kwargs), response)
+
+    def _make_status_error(self, err_msg: str, *, body: object, response: httpx2.Response) -> openai.APIStatusError:
+        error = response.extensions.get(ERROR_EXTENSION)
+        if isinstance(error, openai.APIError):
+            return error  # type: ignore[return-value]  # the router's own exception, raised as is
+        return super()._make_status_error(err_msg, body=body, response=response)
+
+    # --- the router --------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> RouterEngine:
+        """The router's state, shared by this client and its copies."""
+        return self._engine
+
+    @property
+    def config(self) -> RouterConfig:
+        """The configuration in force (it changes with `reload` and a watched file)."""
+        return self._engine.config
+
+    @property
+    def aliases(self) -> list[str]:
+        """The model aliases callers can ask for (`models.list()` lists them, then deployments' model ids)."""
+        return list(self._engine.config.models)
+
+    @property
+    def stats(self) -> MemoryStats:
+        """Live per-deployment stats."""
+        return self._engine.stats
+
+    @property
+    def cache(self) -> Any:
         """The response cache (None unless `cache:` is configured); `cache.explain(...)` says how a
         request is keyed and whether it may be cached."""
-        self.shared = self._shared_state(config)
-        self.hooks = Hooks()
-        self.ledger = UsageLedger(config.usage.path, flush_s=config.usage.flush_s)
+        return self._engine.cache
+
+    @property
+    def shared(self) -> Any:
+        """The shared state (Redis) when `state: {backend: redis}`, else None."""
+        return self._engine.shared
+
+    @property
+    def hooks(self) -> Hooks:
+        return self._engine.hooks
+
+    @property
+    def ledger(self) -> UsageLedger:
         """Usage and cost totals (`router.usage()`), kept in `usage.path` too when configured."""
-        exporters, self.metrics = _exporters(config)
-        self.observers = Observers([self.hooks, self.ledger, *exporters])
+        return self._engine.ledger
+
+    @property
+    def observers(self) -> Observers:
         """Everything told of calls, attempts and circuits; `observers.add(obj)` adds your own `Observer`."""
-        self._rng = random.Random(seed)
-        self._circuits = Circuits(config.circuit)
-        self._path = self._request_path(config)
-        self._retired: list[ResponseCache | SharedState] = []
-        self._background: anyio.abc.TaskGroup | None = None
-        self._watch: tuple[Path, float, str | None] | None = None
-        """(file, poll interval, hash of the content the config was loaded from)."""
-        self._reloaded: anyio.Event | None = None
-        self.reload_error: ConfigError | None = None
+        return self._engine.observers
+
+    @property
+    def metrics(self) -> Any:
+        """The Prometheus metrics (`telemetry.prometheus: true`), else None."""
+        return self._engine.metrics
+
+    @property
+    def reload_error(self) -> Any:
         """Why the last reload (or watched change) was refused; None after a good one."""
-        self.chat = AsyncChat(self)
+        return self._engine.reload_error
 
-    @staticmethod
-    def _shared_state(config: RouterConfig) -> SharedState | None:
-        state = config.state
-        if state.backend != "redis":
-            return None
-        return SharedState(
-            state.url or "redis://127.0.0.1:6379/0", namespace=state.namespace, refresh_s=state.refresh_s
-        )
-
-    def _request_path(self, config: RouterConfig) -> RequestPath:
-        table = RouteTable(config)
-        for secret in table.secrets:
-            register_secret(secret)  # never in a log line, whoever logs it
-        return RequestPath(
-            table,
-            self._client,
-            self.stats,
-            self._rng,
-            cache=self.cache,
-            shared=self.shared,
-            observers=self.observers,
-            circuits=self._circuits,
-        )
+    @property
+    def _path(self) -> RequestPath:
+        return self._engine.path
 
     def on(self, event: EventKind, callback: Hook) -> Callable[[], None]:
         """Call `callback(event)` on each event of this kind (`attempt_start`, `attempt_end`, `success`,
         `failure`, `fallback`, `circuit_change`, `call_start`); returns a function that unregisters it.
         A callback that raises is logged and ignored; callbacks run on the event loop, so keep them quick."""
-        return self.hooks.on(event, callback)
+        return self._engine.on(event, callback)
 
     def usage(
         self, *, group_by: tuple[str, ...] = ("backend", "model", "tag"), since_s: float | None = None
     ) -> list[UsageRow]:
         """This router's requests, attempts, tokens, cost, errors and cache hits, grouped (see README "Cost")."""
-        return self.ledger.usage(group_by=group_by, since_s=since_s)
+        return self._engine.usage(group_by=group_by, since_s=since_s)
 
     async def reload(self, source: ConfigSource, *, env: Mapping[str, str] | None = None) -> RouterConfig:
         """Swap in a new configuration atomically: calls in flight finish on the old one, new calls use
@@ -279,106 +352,18 @@ class AsyncRouter:
         An invalid config raises `ConfigError` and leaves the old one in force. `usage` and `telemetry`
         settings are read once, when the router is made.
         """
-        try:  # reading and checking a file is blocking work: off the event loop
-            config = await anyio.to_thread.run_sync(_as_config, source, env)
-        except ConfigError as exc:
-            self.reload_error = exc
-            raise
-        if self.config.cache != config.cache:
-            if self.cache is not None:
-                self._retired.append(self.cache)  # calls in flight may still use it; closed with the router
-            self.cache = ResponseCache(config.cache) if config.cache is not None else None
-        if self.config.state != config.state:
-            if self.shared is not None:
-                self._retired.append(self.shared)
-            self.shared = self._shared_state(config)
-        if (self.config.usage, self.config.telemetry) != (config.usage, config.telemetry):
-            logger.warning("reload: `usage` and `telemetry` changes take effect when a new router is made")
-        path = self._request_path(config)
-        self.stats.keep_only({d.candidate.id for route in path.table.routes.values() for d in route.deployments})
-        self._path, self.config, self.reload_error = path, config, None
-        if self._reloaded is not None:
-            self._reloaded.set()  # the load probes and shared-state sync follow the new table
-        logger.info("reloaded the config: %d backends, %d models", len(config.backends), len(config.models))
-        return config
+        return await self._engine.reload(source, env=env)
 
-    async def watch_config(
-        self, path: str | os.PathLike[str], *, interval_s: float = 1.0, loaded: str | None = None
-    ) -> None:
+    async def watch_config(self, path: str | Any, *, interval_s: float = 1.0, loaded: str | None = None) -> None:
         """Reload whenever the file's content changes, until cancelled; a bad edit is logged and the old
         config kept (see `reload_error`). Polls a hash of the content, so it works on every filesystem,
         editors' atomic renames and Kubernetes ConfigMap symlink swaps included."""
-        file = Path(path)
-        seen = loaded or await anyio.to_thread.run_sync(_hash_of, file)  # what the config in force was read from
-        if seen is None:
-            raise FileNotFoundError(f"cannot watch {path}: it cannot be read")
-        while True:
-            await anyio.sleep(interval_s)
-            current = await anyio.to_thread.run_sync(_hash_of, file)
-            if current == seen or current is None:
-                continue
-            seen = current
-            try:
-                await self.reload(Path(path))
-            except ConfigError as exc:
-                logger.error("config change in %s not applied; keeping the previous config:\n%s", path, exc)
+        await self._engine.watch_config(path, interval_s=interval_s, loaded=loaded)
 
     async def run_background(self) -> None:
         """Poll self-hosted backends' load, sync shared state, write usage totals and watch the config
         file (when asked) until cancelled; `async with` starts it."""
-        async with anyio.create_task_group() as tasks:
-            if self.ledger.path is not None:
-                tasks.start_soon(self.ledger.run)
-            if self._watch is not None:
-                file, interval_s, loaded = self._watch
-                tasks.start_soon(partial(self.watch_config, file, interval_s=interval_s, loaded=loaded))
-            while True:  # the config-bound work restarts after each reload
-                self._reloaded = anyio.Event()
-                async with anyio.create_task_group() as bound:
-                    self._start_config_bound(bound)
-                    await self._reloaded.wait()
-                    bound.cancel_scope.cancel()
-
-    def _start_config_bound(self, tasks: anyio.abc.TaskGroup) -> None:
-        """The background work that follows the config: load probes and shared-state sync."""
-        targets = self._path.table.probe_targets()
-        if targets:
-            probes = self.config.load_probes
-            poller = LoadPoller(
-                targets,
-                self._client,
-                self.stats.observe_server_load,
-                interval_s=probes.interval_s,
-                timeout_s=probes.timeout_s,
-            )
-            tasks.start_soon(poller.run)
-        if self.shared is not None:
-            ids = {d.candidate.id for route in self._path.table.routes.values() for d in route.deployments}
-            tasks.start_soon(self.shared.run, self._path.circuits, ids, self.stats)
-
-    @classmethod
-    def from_config(
-        cls,
-        source: ConfigSource,
-        *,
-        env: Mapping[str, str] | None = None,
-        http_client: httpx2.AsyncClient | None = None,
-        seed: int | None = None,
-        watch: bool | float = False,
-    ) -> AsyncRouter:
-        """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`.
-
-        `watch=True` (or a poll interval in seconds) reloads the file whenever it changes while the
-        router is open (`async with`)."""
-        watched = _watched(source, watch)
-        router = cls(_as_config(source, env), http_client=http_client, seed=seed)
-        router._watch = watched
-        return router
-
-    @property
-    def models(self) -> list[str]:
-        """The aliases callers can ask for."""
-        return list(self.config.models)
+        await self._engine.run_background()
 
     async def explain(
         self,
@@ -396,63 +381,36 @@ class AsyncRouter:
         says why each other deployment was left out.
         """
         hints = RouteHints.coerce(dict(route) if isinstance(route, Mapping) else route)
-        body: dict[str, Any] = {"messages": _jsonable(list(messages)), **_jsonable(params)}
-        return self._path.explain(model, body, stream=stream, hints=hints)
+        body: dict[str, Any] = {"messages": jsonable(list(messages)), **jsonable(params)}
+        return self._engine.explain(model, body, stream=stream, hints=hints)
 
     async def health(self) -> list[DeploymentHealth]:
         """Each deployment's circuit state, cooldown remaining, recent errors, stats and server load."""
-        path = self._path
-        return health_report(path.table, self.stats, path.circuits, anyio.current_time())
+        return self._engine.health()
 
     async def probe_load(self) -> None:
         """Read every self-hosted backend's load once now (what the background poller does)."""
-        poller = LoadPoller(
-            self._path.table.probe_targets(),
-            self._client,
-            self.stats.observe_server_load,
-            timeout_s=self.config.load_probes.timeout_s,
-        )
-        await poller.poll_once()
+        await self._engine.probe_load()
 
     def __repr__(self) -> str:
-        return f"<AsyncRouter backends={list(self.config.backends)} models={self.models}>"
+        return f"<AsyncRouter backends={list(self.config.backends)} models={self.aliases}>"
 
-    async def aclose(self) -> None:
-        """Stop background polling and close pooled connections (if the router created the client)."""
-        await self._stop_background()
-        await self.ledger.aclose()
-        for retired in self._retired:
-            await retired.aclose()
-        self._retired.clear()
-        if self.cache is not None:
-            await self.cache.aclose()
-        if self.shared is not None:
-            await self.shared.sync(self._path.circuits, ())  # publish the last openings before leaving
-            await self.shared.aclose()
-        if self._owns_client:
-            await self._client.aclose()
+    async def close(self) -> None:
+        """Stop background work and close connections, stores and files (the router's, shared by its copies)."""
+        await super().close()
+        await self._engine.aclose()
 
-    async def _start_background(self) -> None:
-        if self._background is None:
-            self._background = anyio.create_task_group()
-            await self._background.__aenter__()
-            self._background.start_soon(self.run_background)
+    aclose = close
 
-    async def _stop_background(self) -> None:
-        if self._background is not None:
-            background, self._background = self._background, None
-            background.cancel_scope.cancel()
-            await background.__aexit__(None, None, None)
-
-    async def __aenter__(self) -> AsyncRouter:
+    async def __aenter__(self) -> Self:
         """Start the background work (load probes, shared state, usage file, config watch) for the router's lifetime."""
-        await self._start_background()
+        await self._engine.start()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.aclose()
+        await self.close()
 
 
 # --- the sync client: one event loop in one background thread, for the router's lifetime ----
@@ -504,8 +462,8 @@ class _LoopThread:
             self._thread.join(timeout=5)
 
 
-class Stream:
-    """A sync iterator of `ChatCompletionChunk` (what `Router` returns for `stream=True`)."""
+class Stream(openai.Stream[ChatCompletionChunk]):
+    """A sync iterator of `ChatCompletionChunk` (what `Router` returns for `stream=True`): an `openai.Stream`."""
 
     def __init__(self, stream: RouterStream, loop: _LoopThread) -> None:
         self._stream = stream
@@ -516,6 +474,11 @@ class Stream:
     def route(self) -> RouteRecord:
         """The route record; complete once the stream has ended."""
         return self._stream.route
+
+    @property
+    def response(self) -> httpx2.Response:  # type: ignore[override]
+        """A stand-in for the HTTP response, with the route headers."""
+        return self._stream.response
 
     def __iter__(self) -> Iterator[ChatCompletionChunk]:
         return self
@@ -530,7 +493,7 @@ class Stream:
         """Stop reading and release the connection now."""
         self._loop.call(self._stream.close)
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -539,11 +502,23 @@ class Stream:
         self.close()
 
 
-class Completions:
-    """`router.chat.completions` for the sync client."""
+class RoutedCompletions(Completions):
+    """`router.chat.completions` for the sync client: `create` hops onto the router's loop thread."""
 
-    def __init__(self, router: Router) -> None:
-        self._router = router
+    _client: Router
+
+    @overload  # type: ignore[override]
+    def create(
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: Literal[False] | None = ...,
+        route: RouteHints | Mapping[str, Any] | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
+    ) -> ChatCompletion: ...
 
     @overload
     def create(
@@ -551,18 +526,24 @@ class Completions:
         *,
         model: str,
         messages: Iterable[ChatCompletionMessageParam],
-        stream: Literal[False] | None = ...,
+        stream: Literal[True],
+        route: RouteHints | Mapping[str, Any] | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
         **params: Any,
-    ) -> ChatCompletion: ...
-
-    @overload
-    def create(
-        self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: Literal[True], **params: Any
     ) -> Stream: ...
 
     @overload
     def create(
-        self, *, model: str, messages: Iterable[ChatCompletionMessageParam], stream: bool, **params: Any
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        stream: bool,
+        route: RouteHints | Mapping[str, Any] | None = ...,
+        extra_headers: Mapping[str, str] | None = ...,
+        extra_body: Mapping[str, Any] | None = ...,
+        **params: Any,
     ) -> ChatCompletion | Stream: ...
 
     def create(
@@ -571,47 +552,123 @@ class Completions:
         model: str,
         messages: Iterable[ChatCompletionMessageParam],
         stream: bool | None = False,
+        route: RouteHints | Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> ChatCompletion | Stream:
         """Same arguments as `AsyncRouter.chat.completions.create`, blocking."""
-        loop = self._router._loop
-        create = self._router._async.chat.completions.create
-        result = loop.call(partial(create, model=model, messages=list(messages), stream=stream, **params))
-        return Stream(result, loop) if isinstance(result, RouterStream) else result
+        if _through_openai(extra_headers):
+            raw_sync: Any = super().create(
+                model=model,
+                messages=messages,
+                stream=stream,
+                extra_headers=extra_headers,
+                extra_body=_route_argument(route, extra_body),
+                **params,
+            )
+            return cast(ChatCompletion, raw_sync)  # or a Stream / raw response of openai's own making
+        router = self._client
+        create = router._async.chat.completions.create
+        call = partial(
+            create,
+            model=model,
+            messages=list(messages),
+            stream=stream,
+            route=route,
+            extra_headers=extra_headers,
+            extra_body=extra_body,
+            **params,
+        )
+        result = router._loop.call(call)
+        return Stream(result, router._loop) if isinstance(result, RouterStream) else result
 
 
-class Chat:
+class RoutedChat(Chat):
     """`router.chat` for the sync client."""
 
-    def __init__(self, router: Router) -> None:
-        self.completions = Completions(router)
+    @cached_property
+    def completions(self) -> RoutedCompletions:
+        return RoutedCompletions(self._client)
 
 
-class Router:
-    """The blocking client: wraps one `AsyncRouter` running on a private event-loop thread."""
+class Router(openai.OpenAI):
+    """An `openai.OpenAI` that routes every call: wraps one `AsyncRouter` running on a private
+    event-loop thread (one loop for the router's lifetime, not one per call)."""
 
     def __init__(
-        self, config: RouterConfig, *, seed: int | None = None, watch: tuple[Path, float, str | None] | None = None
+        self,
+        config: ConfigSource | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        seed: int | None = None,
+        watch: bool | float = False,
+        http_client: httpx2.Client | None = None,
+        _shared: tuple[_LoopThread, AsyncRouter] | None = None,
+        **openai_options: Any,
     ) -> None:
-        self._loop = _LoopThread()
+        if _shared is None:
+            file = watched(config, watch)
+            resolved = as_config(config, env)
+            loop = _LoopThread()
 
-        async def build() -> AsyncRouter:
-            router = AsyncRouter(config, seed=seed)
-            router._watch = watch
-            return router
+            async def build() -> AsyncRouter:
+                return AsyncRouter(_engine=RouterEngine(resolved, seed=seed, watch=file))
 
-        self._async = self._loop.call(build)
-        self._background = self._loop.start(self._async.run_background)
-        self.chat = Chat(self)
+            async_router = loop.call(build)
+            self._background: Future[object] | None = loop.start(async_router.run_background)
+            _shared = (loop, async_router)
+        else:
+            self._background = None
+        self._loop, self._async = _shared
+        for name in ("api_key", "base_url", "max_retries", "_enforce_credentials"):
+            openai_options.pop(name, None)
+        super().__init__(
+            api_key=PLACEHOLDER_API_KEY,
+            base_url=BASE_URL,
+            max_retries=0,
+            http_client=http_client
+            or httpx2.Client(transport=SyncRoutingTransport(self._async.engine, self._loop.call), timeout=None),
+            **openai_options,
+        )
 
     @classmethod
     def from_config(
-        cls, source: ConfigSource, *, env: Mapping[str, str] | None = None, seed: int | None = None, watch: bool = False
-    ) -> Router:
+        cls,
+        source: ConfigSource,
+        *,
+        env: Mapping[str, str] | None = None,
+        seed: int | None = None,
+        watch: bool | float = False,
+    ) -> Self:
         """Build from a YAML/TOML path or a mapping; `env` replaces `os.environ` for `${VAR}`;
         `watch=True` reloads the file whenever it changes."""
-        watched = _watched(source, watch)
-        return cls(_as_config(source, env), seed=seed, watch=watched)
+        return cls(source, env=env, seed=seed, watch=watch)
+
+    def copy(self, **options: Any) -> Self:
+        """openai's `copy` / `with_options`, over the same router."""
+        extra = {**(options.pop("_extra_kwargs", None) or {}), "_shared": (self._loop, self._async)}
+        return super().copy(**options, _extra_kwargs=extra)
+
+    with_options = copy
+
+    @cached_property
+    def chat(self) -> RoutedChat:
+        return RoutedChat(self)
+
+    def _process_response(self, *, response: httpx2.Response, **kwargs: Any) -> Any:
+        return _with_route(super()._process_response(response=response, **kwargs), response)
+
+    def _make_status_error(self, err_msg: str, *, body: object, response: httpx2.Response) -> openai.APIStatusError:
+        error = response.extensions.get(ERROR_EXTENSION)
+        if isinstance(error, openai.APIError):
+            return error  # type: ignore[return-value]
+        return super()._make_status_error(err_msg, body=body, response=response)
+
+    @property
+    def engine(self) -> RouterEngine:
+        """The router's state, shared by this client and its copies."""
+        return self._async.engine
 
     @property
     def config(self) -> RouterConfig:
@@ -619,9 +676,9 @@ class Router:
         return self._async.config
 
     @property
-    def models(self) -> list[str]:
-        """The aliases callers can ask for."""
-        return self._async.models
+    def aliases(self) -> list[str]:
+        """The model aliases callers can ask for."""
+        return self._async.aliases
 
     @property
     def stats(self) -> MemoryStats:
@@ -656,37 +713,21 @@ class Router:
         return self._async.metrics
 
     def __repr__(self) -> str:
-        return f"<Router backends={list(self.config.backends)} models={self.models}>"
+        return f"<Router backends={list(self.config.backends)} models={self.aliases}>"
 
     def close(self) -> None:
-        """Close connections and stop the background loop."""
+        """Close connections and stop the background loop (the router's, shared by its copies)."""
+        super().close()
         if self._loop._portal is not None:
-            self._background.cancel()
-            self._loop.call(self._async.aclose)
+            if self._background is not None:
+                self._background.cancel()
+            self._loop.call(self._async.close)
             self._loop.stop()
 
-    def __enter__(self) -> Router:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _watched(source: ConfigSource, watch: bool | float) -> tuple[Path, float, str | None] | None:
-    """What `watch=` asks for: the file, its poll interval, and its content's hash — taken before the
-    config is read, so an edit in between differs from it and is reloaded."""
-    if watch is False:
-        return None
-    if isinstance(source, (Mapping, RouterConfig)):
-        raise ValueError("watch= needs a config file path")
-    return Path(source), 1.0 if watch is True else float(watch), _hash_of(Path(source))
-
-
-def _hash_of(path: Path) -> str | None:
-    """A hash of the file's content (None: unreadable, e.g. mid-replace); blocking, so the loop calls it in a thread."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None

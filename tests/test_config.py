@@ -24,7 +24,7 @@ SECRET = "sk-test-9f8e7d6c5b4a"
 
 def test_contract_shape_loads() -> None:
     router = AsyncRouter.from_config(CONTRACT)
-    assert router.models == ["primary", "fallback"]
+    assert router.aliases == ["primary", "fallback"]
 
 
 def test_yaml_errors_name_file_line_and_field_all_at_once(tmp_path: Path) -> None:

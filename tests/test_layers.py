@@ -36,7 +36,7 @@ def imported_packages(path: Path) -> set[str]:
 
 
 # The parts of `router/`, lowest first: each may import only the parts below it (and itself).
-FLOORS = ["errors", "config", "cache", "path", "observe", "client", "local", "cli", "gateway"]
+FLOORS = ["errors", "config", "cache", "path", "observe", "engine", "transport", "client", "local", "cli", "gateway"]
 
 
 def _part(module: str) -> str | None:
