@@ -291,10 +291,17 @@ async def test_run_flushes_in_the_background(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     ledger = UsageLedger(path, flush_s=0.01)
     ledger.call_succeeded(served("a"))
+
+    def written() -> bool:
+        try:
+            return bool(read_usage(path))
+        except (FileNotFoundError, ValueError):  # not there yet, or created but its table not yet
+            return False
+
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(ledger.run)
         with anyio.fail_after(2):
-            while not path.exists() or not read_usage(path):
+            while not written():
                 await anyio.sleep(0.01)
         tasks.cancel_scope.cancel()
     await ledger.aclose()
