@@ -162,6 +162,17 @@ def _sse(include_usage: bool) -> bytes:
 RESP_COMPLETION = _plain(b"200 OK", completion_json())
 RESP_STREAM = _sse(include_usage=False)
 RESP_STREAM_USAGE = _sse(include_usage=True)
+RESP_EMBEDDINGS = _plain(
+    b"200 OK",
+    _dumps(
+        {
+            "object": "list",
+            "model": MODEL,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.01 * i for i in range(64)]}],
+            "usage": {"prompt_tokens": 8, "total_tokens": 8},
+        }
+    ),
+)
 RESP_NOT_FOUND = _plain(b"404 Not Found", b'{"error":{"message":"not found","type":"invalid_request_error"}}')
 RESP_BAD_REQUEST = _plain(b"400 Bad Request", b'{"error":{"message":"bad request","type":"invalid_request_error"}}')
 RESP_LENGTH_REQUIRED = _plain(b"411 Length Required", b'{"error":{"message":"content-length required"}}')
@@ -172,6 +183,8 @@ def response_for(path: bytes, body: bytes, stats: list[int] | None = None) -> by
     path = path.split(b"?", 1)[0]
     if path == b"/stats" and stats is not None:
         return _plain(b"200 OK", _dumps({"requests": stats[0], "connections": stats[1]}))
+    if path == b"/v1/embeddings":
+        return RESP_EMBEDDINGS
     if path != b"/v1/chat/completions":
         return RESP_NOT_FOUND
     try:

@@ -1,6 +1,6 @@
 """Client-side overhead of `AsyncRouter` against raw httpx2 and `openai.AsyncOpenAI`.
 
-    python bench/overhead.py [--requests 2000] [--quick] [--rounds 1] [--pin]
+    python bench/overhead.py [--requests 2000] [--quick] [--rounds 1] [--pin] [--modes non-stream,stream,parse,embeddings]
 
 Against a local, deliberately fast OpenAI-compatible server (`bench/fake_server.py`, run in its
 own OS process), at concurrency 1 and 64, non-streamed and streamed, N requests per cell:
@@ -10,6 +10,9 @@ requests/s, p50 and p99 latency for
                   (stream: `aiter_lines()`, `json.loads` of every `data:` line): a fair minimal client;
 * openai        - `openai.AsyncOpenAI(base_url=..., api_key="x", max_retries=0)`;
 * router        - `router.AsyncRouter` with 3 deployments (one per server port).
+
+`--modes parse,embeddings` adds `chat.completions.parse` and `embeddings.create` (openai's own
+code, over the router's routing transport for the router; the same POST for raw httpx2).
 
 Each is printed as a ratio to raw httpx2 measured in the same run, then router/openai and the
 targets: router throughput at concurrency 64 >= 1.3x openai non-stream and >= 2x streamed,
@@ -65,11 +68,15 @@ MESSAGES = [
     {"role": "user", "content": "Say something about foxes and dogs."},
 ]
 MAX_TOKENS = 16
+EMBED_INPUT = "Say something about foxes and dogs."
 MODEL = fake_server.MODEL
 ALIAS = "bench"
 EXPECTED_TEXT = fake_server.TEXT
 CLIENTS = ("raw httpx2", "openai", "router")
-MODES = ("non-stream", "stream")
+MODES = ("non-stream", "stream", "parse", "embeddings")
+"""`parse`: `chat.completions.parse` (openai's own code over the router's routing transport);
+`embeddings`: `embeddings.create`. raw httpx2 does the same POST and `json.loads` for both."""
+DEFAULT_MODES = ("non-stream", "stream")
 
 # --- the three clients ---------------------------------------------------------------------
 
@@ -89,8 +96,24 @@ class Client:
         """One call whose answer text is returned, to verify the plumbing before timing."""
         raise NotImplementedError
 
+    async def parse(self) -> None:
+        raise NotImplementedError
+
+    async def embed(self) -> None:
+        raise NotImplementedError
+
+    async def check_embed(self) -> int:
+        """One embeddings call: the vector's length."""
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         raise NotImplementedError
+
+    def call(self, mode: str) -> Callable[[], Awaitable[None]]:
+        """The timed call for a mode."""
+        return {"non-stream": self.complete, "stream": self.stream, "parse": self.parse, "embeddings": self.embed}[
+            mode
+        ]
 
 
 class RawHttpx2(Client):
@@ -107,6 +130,8 @@ class RawHttpx2(Client):
             timeout=httpx2.Timeout(None, connect=5.0),
         )
         self._headers = {"content-type": "application/json", "accept": "application/json", "authorization": "Bearer x"}
+        self._embed_url = base_url + "/embeddings"
+        self._embed_body = json.dumps({"model": MODEL, "input": EMBED_INPUT}).encode()
         self._stream_headers = {**self._headers, "accept": "text/event-stream"}
 
     def _body(self, stream: bool) -> bytes:
@@ -147,6 +172,18 @@ class RawHttpx2(Client):
                         text.append(choice["delta"].get("content") or "")
         return "".join(text)
 
+    async def parse(self) -> None:
+        await self.complete()
+
+    async def embed(self) -> None:
+        response = await self._client.post(self._embed_url, content=self._embed_body, headers=self._headers)
+        response.raise_for_status()
+        json.loads(response.content)
+
+    async def check_embed(self) -> int:
+        response = await self._client.post(self._embed_url, content=self._embed_body, headers=self._headers)
+        return len(json.loads(response.content)["data"][0]["embedding"])
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -156,6 +193,17 @@ class _SDKLike(Client):
 
     _create: Callable[..., Awaitable[Any]]
     _model: str
+    _sdk: Any
+
+    async def parse(self) -> None:
+        await self._sdk.chat.completions.parse(model=self._model, messages=MESSAGES, max_tokens=MAX_TOKENS)
+
+    async def embed(self) -> None:
+        await self._sdk.embeddings.create(model=self._model, input=EMBED_INPUT)
+
+    async def check_embed(self) -> int:
+        result = await self._sdk.embeddings.create(model=self._model, input=EMBED_INPUT)
+        return len(result.data[0].embedding)
 
     async def complete(self) -> None:
         await self._create(model=self._model, messages=MESSAGES, max_tokens=MAX_TOKENS)
@@ -202,7 +250,7 @@ class OpenAISDK(_SDKLike):
     def __init__(self, base_url: str) -> None:
         import openai
 
-        self._client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+        self._client = self._sdk = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
         self._create = self._client.chat.completions.create
         self._model = MODEL
 
@@ -226,6 +274,7 @@ class RouterClient(_SDKLike):
                 "models": {ALIAS: {"deployments": [{"backend": n, "model": MODEL} for n in names[: len(base_urls)]]}},
             }
         )
+        self._sdk = self._client
         self._create = self._client.chat.completions.create
         self._model = ALIAS
 
@@ -396,9 +445,11 @@ async def measure_group(
     try:
         for name in names:
             client = make_client(name, base_urls)
-            runs[name] = _Run(client, client.stream if streaming else client.complete)
-            text = await client.check(streaming)
-            if text != EXPECTED_TEXT:
+            runs[name] = _Run(client, client.call(mode))
+            if mode == "embeddings":
+                if await client.check_embed() != 64:
+                    raise AssertionError(f"{name} {mode}: not the server's 64-float vector")
+            elif (text := await client.check(streaming)) != EXPECTED_TEXT:
                 raise AssertionError(f"{name} {mode}: got {text!r}, expected {EXPECTED_TEXT!r}")
             await drive(runs[name].call, warmup, concurrency)  # fills the pool, warms code paths
         sizes = [requests // slices + (1 if i < requests % slices else 0) for i in range(slices)]
@@ -617,7 +668,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         type=lambda s: [m.strip() for m in s.split(",")],
-        default=list(MODES),
+        default=list(DEFAULT_MODES),
         help=f"comma-separated subset of: {', '.join(MODES)}",
     )
     parser.add_argument("--pin", action="store_true", help="pin client to core 0 and server to core 1")
