@@ -1,6 +1,6 @@
 """Client-side overhead of `AsyncRouter` against raw httpx2 and `openai.AsyncOpenAI`.
 
-    python bench/overhead.py [--requests 2000] [--quick] [--rounds 1] [--pin] [--modes non-stream,stream,parse,embeddings]
+    python bench/overhead.py [--requests 2000] [--quick] [--rounds 1] [--pin] [--modes stream,parse,...]
 
 Against a local, deliberately fast OpenAI-compatible server (`bench/fake_server.py`, run in its
 own OS process), at concurrency 1 and 64, non-streamed and streamed, N requests per cell:
