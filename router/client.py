@@ -22,17 +22,22 @@ import anyio
 import httpx2
 import openai
 from anyio.from_thread import BlockingPortal
+from openai._models import construct_type
+from openai.resources import AsyncEmbeddings, Embeddings
 from openai.resources.chat import AsyncChat, AsyncCompletions, Chat, Completions
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from pydantic import ValidationError
 
+from providers import Answered
 from router.config import RouterConfig
-from router.engine import ConfigSource, RouterEngine, as_config, jsonable, timeout_seconds, watched
+from router.engine import NOT_SENT, ConfigSource, RouterEngine, as_config, jsonable, timeout_seconds, watched
 from router.observe.usage import UsageLedger, UsageRow
 from router.path.events import EventKind, Hook, Hooks, Observers
 from router.path.health import DeploymentHealth
 from router.path.hints import RouteHints
 from router.path.pipeline import RequestPath
-from router.path.record import ROUTE_EXTENSION, RouteRecord, attach_route
+from router.path.record import ROUTE_EXTENSION, RouteRecord, attach_route, route_of
 from router.path.stats import MemoryStats
 from router.path.streaming import RouterStream
 from router.transport import ERROR_EXTENSION, RoutingTransport, SyncRoutingTransport
@@ -190,6 +195,62 @@ class RoutedAsyncCompletions(AsyncCompletions):
         return result
 
 
+def _embeddings_of(answered: Answered) -> CreateEmbeddingResponse:
+    """A routed embeddings answer as openai's type (leniently, as openai builds it), with its route."""
+    try:
+        result = CreateEmbeddingResponse.model_validate_json(answered.content)
+    except ValidationError:
+        result = cast(CreateEmbeddingResponse, construct_type(type_=CreateEmbeddingResponse, value=answered.data))
+    attach_route(result, route_of(answered))
+    return result
+
+
+class RoutedAsyncEmbeddings(AsyncEmbeddings):
+    """`router.embeddings`: openai's resource, with `create` taking the fast path into the router."""
+
+    _client: AsyncRouter
+
+    async def create(  # type: ignore[override]
+        self,
+        *,
+        input: Any,
+        model: str,
+        route: RouteHints | Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Any = None,
+        **params: Any,
+    ) -> CreateEmbeddingResponse:
+        """Route one embeddings request; openai's arguments, plus `route=` hints."""
+        if _through_openai(extra_headers):
+            raw: Any = await super().create(
+                input=input,
+                model=model,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=_route_argument(route, extra_body),
+                timeout=timeout if timeout is not None else openai.NOT_GIVEN,
+                **params,
+            )
+            return cast(CreateEmbeddingResponse, raw)
+        hints, extra = _hints_and_body(route, extra_body)
+        body = {"input": jsonable(input), **{k: jsonable(v) for k, v in params.items() if not isinstance(v, NOT_SENT)}}
+        body.update(jsonable(extra))
+        answered = await self._client._engine.route(
+            "embeddings",
+            model,
+            body,
+            stream=False,
+            hints=hints,
+            timeout_s=timeout_seconds(timeout),
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+        )
+        assert isinstance(answered, Answered)
+        return _embeddings_of(answered)
+
+
 class RoutedAsyncChat(AsyncChat):
     """`router.chat`."""
 
@@ -260,6 +321,10 @@ class AsyncRouter(openai.AsyncOpenAI):
     @cached_property
     def chat(self) -> RoutedAsyncChat:
         return RoutedAsyncChat(self)
+
+    @cached_property
+    def embeddings(self) -> RoutedAsyncEmbeddings:
+        return RoutedAsyncEmbeddings(self)
 
     # --- what openai's machinery needs to keep the router's types --------------------------
 
@@ -369,20 +434,24 @@ class AsyncRouter(openai.AsyncOpenAI):
         self,
         *,
         model: str,
-        messages: Iterable[ChatCompletionMessageParam],
+        messages: Iterable[ChatCompletionMessageParam] = (),
         route: RouteHints | Mapping[str, Any] | None = None,
         stream: bool = False,
+        endpoint: str = "chat",
         **params: Any,
     ) -> RouteRecord:
-        """How a call with these arguments would be routed, without sending it.
+        """How a call with these arguments would be routed, without sending it (`endpoint=`
+        `"embeddings"`, `"completions"` or `"responses"` for the other endpoints, with their fields).
 
         Returns a route record whose `ranking` lists every tier's candidates in rank order with
         the policy's inputs (price, expected cost and TTFT, load, headroom) and whose `excluded`
         says why each other deployment was left out.
         """
         hints = RouteHints.coerce(dict(route) if isinstance(route, Mapping) else route)
-        body: dict[str, Any] = {"messages": jsonable(list(messages)), **jsonable(params)}
-        return self._engine.explain(model, body, stream=stream, hints=hints)
+        body: dict[str, Any] = (
+            {"messages": jsonable(list(messages)), **jsonable(params)} if messages else jsonable(params)
+        )
+        return self._engine.explain(model, body, stream=stream, hints=hints, endpoint=endpoint)
 
     async def health(self) -> list[DeploymentHealth]:
         """Each deployment's circuit state, cooldown remaining, recent errors, stats and server load."""
@@ -584,6 +653,26 @@ class RoutedCompletions(Completions):
         return Stream(result, router._loop) if isinstance(result, RouterStream) else result
 
 
+class RoutedEmbeddings(Embeddings):
+    """`router.embeddings` for the sync client: `create` hops onto the router's loop thread."""
+
+    _client: Router
+
+    def create(  # type: ignore[override]
+        self, *, input: Any, model: str, extra_headers: Mapping[str, str] | None = None, **params: Any
+    ) -> CreateEmbeddingResponse:
+        """Same arguments as `AsyncRouter.embeddings.create`, blocking."""
+        if _through_openai(extra_headers):
+            extra_body = _route_argument(params.pop("route", None), params.pop("extra_body", None))
+            raw: Any = super().create(
+                input=input, model=model, extra_headers=extra_headers, extra_body=extra_body, **params
+            )
+            return cast(CreateEmbeddingResponse, raw)
+        router = self._client
+        call = partial(router._async.embeddings.create, input=input, model=model, extra_headers=extra_headers, **params)
+        return router._loop.call(call)
+
+
 class RoutedChat(Chat):
     """`router.chat` for the sync client."""
 
@@ -655,6 +744,10 @@ class Router(openai.OpenAI):
     @cached_property
     def chat(self) -> RoutedChat:
         return RoutedChat(self)
+
+    @cached_property
+    def embeddings(self) -> RoutedEmbeddings:
+        return RoutedEmbeddings(self)
 
     def _process_response(self, *, response: httpx2.Response, **kwargs: Any) -> Any:
         return _with_route(super()._process_response(response=response, **kwargs), response)

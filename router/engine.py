@@ -304,9 +304,11 @@ class RouterEngine:
             ids = {d.candidate.id for route in self.path.table.routes.values() for d in route.deployments}
             tasks.start_soon(self.shared.run, self.path.circuits, ids, self.stats)
 
-    def explain(self, model: str, body: dict[str, Any], *, stream: bool, hints: RouteHints) -> RouteRecord:
+    def explain(
+        self, model: str, body: dict[str, Any], *, stream: bool, hints: RouteHints, endpoint: str = "chat"
+    ) -> RouteRecord:
         """How a call would be routed, without sending it."""
-        return self.path.explain(model, body, stream=stream, hints=hints)
+        return self.path.explain(model, body, stream=stream, hints=hints, endpoint=endpoint)
 
     def health(self) -> list[DeploymentHealth]:
         """Each deployment's circuit state, cooldown remaining, recent errors, stats and server load."""

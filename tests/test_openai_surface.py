@@ -277,3 +277,28 @@ def test_sync_router_is_an_openai_client_for_every_method(httpx2_mock: respx.Rou
     assert text == "Hello from up." and raw.headers[HEADER_PREFIX + "backend"] == "up"
     assert route_of(vectors).backend == "up" and answer.output_text.startswith("Hello")
     assert pieces == " world" and listed[:2] == ["chat", "embed"]
+
+
+async def test_explain_names_deployments_that_do_not_serve_the_endpoint(httpx2_mock: respx.Router) -> None:
+    async with AsyncRouter(embed_config()) as router:
+        record = await router.explain(model="chat", endpoint="embeddings", input="a")
+        chat = await router.explain(model="chat", messages=HI)
+    assert {e.candidate: e.reason for e in record.excluded} == {
+        "down/m-down": "does not serve the embeddings endpoint (openai serves chat, completions, responses;"
+        " a deployment's `endpoints:` overrides)",
+        "up/m-up": "does not serve the embeddings endpoint (openai serves chat, completions, responses;"
+        " a deployment's `endpoints:` overrides)",
+    }
+    assert record.endpoint == "embeddings" and not record.ranking
+    assert [r.candidate for r in chat.ranking] == ["down/m-down", "up/m-up"] and not httpx2_mock.calls
+
+
+async def test_embeddings_fast_path_takes_route_hints_and_raw_responses_still_work(httpx2_mock: respx.Router) -> None:
+    seen = backends.mock(httpx2_mock)
+    async with AsyncRouter(embed_config()) as router:
+        only_up = await router.embeddings.create(model="embed", input="a", route={"only": ["up"], "tags": ["rag"]})
+        raw = await router.embeddings.with_raw_response.create(model="embed", input="b")
+    assert isinstance(only_up, CreateEmbeddingResponse) and only_up.data[0].embedding == [0.1, 0.2, 0.3]
+    assert [a.backend for a in route_of(only_up).attempts] == ["up"] and route_of(only_up).tags == ["rag"]
+    assert raw.headers[HEADER_PREFIX + "endpoint"] == "embeddings" and raw.parse().data[0].index == 0
+    assert seen["up"][0] == {"input": "a", "model": "e-up"}  # the caller's fields only, for the deployment's model

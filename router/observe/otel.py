@@ -89,12 +89,17 @@ def _server(base_url: str) -> dict[str, AttributeValue]:
     return attributes
 
 
+OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings", "responses": "chat"}
+"""`gen_ai.operation.name` (GenAI semantic conventions) for each endpoint."""
+
+
 @dataclass(slots=True)
 class _CallSpans:
     """What one observer keeps in `CallInfo.state` for one call."""
 
     span: Span
     request: dict[str, AttributeValue]
+    operation: str
     attempts: dict[int, Span] = field(default_factory=dict)
     """Open attempt spans by `id(attempt)` (an `Attempt` is mutable, so not hashable)."""
 
@@ -129,8 +134,9 @@ class OTelObserver(Observer):
     def call_started(self, call: CallInfo) -> None:
         record = call.record
         request = request_attributes(call.request)
+        operation = OPERATIONS.get(record.endpoint, "chat")
         attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": operation,
             "gen_ai.request.model": record.requested_model,
             "gen_ai.request.stream": record.stream,
             **request,
@@ -139,12 +145,12 @@ class OTelObserver(Observer):
         if record.alias is not None:
             attributes["inference_router.alias"] = record.alias
         span = self.tracer.start_span(
-            f"chat {record.requested_model}",
+            f"{operation} {record.requested_model}",
             kind=self._client,
             attributes=attributes,
             start_time=int(call.started_at * 1e9),
         )
-        call.state[self._key] = _CallSpans(span, request)
+        call.state[self._key] = _CallSpans(span, request, operation)
 
     def call_scope(self, call: CallInfo) -> AbstractContextManager[object] | None:
         """Make the call span current while the router works on the call, so spans and logs made
@@ -159,7 +165,7 @@ class OTelObserver(Observer):
         if spans is None:  # the observer was added mid-call: no call span to hang this on
             return
         attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": spans.operation,
             "gen_ai.request.model": attempt.model,
             **spans.request,
             "gen_ai.provider.name": attempt.provider,
@@ -168,7 +174,7 @@ class OTelObserver(Observer):
             "inference_router.backend": attempt.backend,
         }
         spans.attempts[id(attempt)] = self.tracer.start_span(
-            f"chat {attempt.model}",
+            f"{spans.operation} {attempt.model}",
             context=self._set_span_in_context(spans.span),
             kind=self._client,
             attributes=attributes,

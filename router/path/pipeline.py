@@ -310,10 +310,19 @@ class RequestPath:
             policy = self._policies[name] = get_policy(name)
         return policy
 
-    def explain(self, model: str, body: dict[str, Any], *, stream: bool, hints: RouteHints) -> RouteRecord:
+    def explain(
+        self, model: str, body: dict[str, Any], *, stream: bool, hints: RouteHints, endpoint: str = "chat"
+    ) -> RouteRecord:
         """Resolve, screen and rank every tier as a call would, without sending anything."""
         call, tiers = self.start(
-            model, body, stream=stream, hints=hints, timeout_s=None, extra_headers=None, extra_query=None
+            model,
+            body,
+            stream=stream,
+            hints=hints,
+            timeout_s=None,
+            extra_headers=None,
+            extra_query=None,
+            endpoint=endpoint,
         )
         for route in tiers:
             self.rank(route, call)
