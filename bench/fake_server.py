@@ -94,7 +94,11 @@ def completion_json() -> bytes:
     )
 
 
-def sse_events(include_usage: bool) -> list[bytes]:
+LONG_CHUNKS = 256
+"""A request with `max_tokens: 256` gets a stream of this many content chunks (the chunk-heavy bench)."""
+
+
+def sse_events(include_usage: bool, words: Sequence[str] = WORDS) -> list[bytes]:
     """The fixed stream as SSE event payloads (`data: ...\\n\\n`), `[DONE]` last."""
 
     def chunk(
@@ -117,7 +121,7 @@ def sse_events(include_usage: bool) -> list[bytes]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     events = [chunk([choice({"role": "assistant", "content": "", "refusal": None})])]
-    events += [chunk([choice({"content": word})]) for word in WORDS]
+    events += [chunk([choice({"content": word})]) for word in words]
     events.append(chunk([choice({}, "stop")]))
     if include_usage:
         events.append(chunk([], USAGE))
@@ -149,19 +153,22 @@ def _plain(status: bytes, body: bytes, content_type: bytes = b"application/json"
     )
 
 
-def _sse(include_usage: bool) -> bytes:
+def _sse(include_usage: bool, words: Sequence[str] = WORDS) -> bytes:
     return (
         b"HTTP/1.1 200 OK\r\n"
         + _COMMON
         + b"content-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n"
         + b"transfer-encoding: chunked\r\n\r\n"
-        + _chunked(sse_events(include_usage))
+        + _chunked(sse_events(include_usage, words))
     )
 
 
 RESP_COMPLETION = _plain(b"200 OK", completion_json())
 RESP_STREAM = _sse(include_usage=False)
 RESP_STREAM_USAGE = _sse(include_usage=True)
+LONG_WORDS = [WORDS[i % len(WORDS)] for i in range(LONG_CHUNKS)]
+LONG_TEXT = "".join(LONG_WORDS)
+RESP_LONG_STREAM_USAGE = _sse(include_usage=True, words=LONG_WORDS)
 RESP_EMBEDDINGS = _plain(
     b"200 OK",
     _dumps(
@@ -196,7 +203,7 @@ def response_for(path: bytes, body: bytes, stats: list[int] | None = None) -> by
     if request.get("stream") is True:
         options = request.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            return RESP_STREAM_USAGE
+            return RESP_LONG_STREAM_USAGE if request.get("max_tokens") == LONG_CHUNKS else RESP_STREAM_USAGE
         return RESP_STREAM
     return RESP_COMPLETION
 
@@ -204,12 +211,13 @@ def response_for(path: bytes, body: bytes, stats: list[int] | None = None) -> by
 class _HTTP(asyncio.Protocol):
     """Minimal HTTP/1.1: keep-alive, pipelining, content-length request bodies only."""
 
-    __slots__ = ("_buffer", "_stats", "_transport")
+    __slots__ = ("_buffer", "_delay_s", "_stats", "_transport")
 
-    def __init__(self, stats: list[int]) -> None:
+    def __init__(self, stats: list[int], delay_s: float = 0.0) -> None:
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._stats = stats
+        self._delay_s = delay_s
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -255,7 +263,15 @@ class _HTTP(asyncio.Protocol):
             if close:
                 break
         if out and self._transport is not None:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            if self._delay_s > 0:  # a backend that takes this long to answer (in order, per connection)
+                asyncio.get_running_loop().call_later(self._delay_s, self._write, data, close)
+            else:
+                self._write(data, close)
+
+    def _write(self, data: bytes, close: bool) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
             if close:
                 self._transport.close()
 
@@ -263,13 +279,14 @@ class _HTTP(asyncio.Protocol):
         self._transport = None
 
 
-async def serve(ports: Sequence[int], host: str = "127.0.0.1", *, ready: bool = False) -> None:
-    """Listen on each port (0 = any free one) until cancelled; with `ready`, print `READY p1 p2 ...`."""
+async def serve(ports: Sequence[int], host: str = "127.0.0.1", *, ready: bool = False, delay_s: float = 0.0) -> None:
+    """Listen on each port (0 = any free one) until cancelled; with `ready`, print `READY p1 p2 ...`;
+    `delay_s` holds every answer back that long."""
     loop = asyncio.get_running_loop()
     stats = [0, 0]  # requests, connections
     servers = []
     for port in ports:
-        server = await loop.create_server(lambda: _HTTP(stats), host, port, backlog=1024, reuse_address=True)
+        server = await loop.create_server(lambda: _HTTP(stats, delay_s), host, port, backlog=1024, reuse_address=True)
         servers.append(server)
     bound = [s.sockets[0].getsockname()[1] for s in servers]
     if ready:
@@ -292,7 +309,9 @@ class ServerHandle:
 
 
 @contextlib.contextmanager
-def server_process(ports: int = 1, *, host: str = "127.0.0.1", cpu: int | None = None) -> Iterator[ServerHandle]:
+def server_process(
+    ports: int = 1, *, host: str = "127.0.0.1", cpu: int | None = None, delay_ms: float = 0.0
+) -> Iterator[ServerHandle]:
     """Run the server in a separate OS process (own interpreter, own GIL); yield its ports and pid.
 
     `cpu` pins the server process to one core (Linux), so client and server don't swap cores.
@@ -300,6 +319,8 @@ def server_process(ports: int = 1, *, host: str = "127.0.0.1", cpu: int | None =
     cmd = [sys.executable, os.path.abspath(__file__), "--host", host, "--ports", str(ports)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
+    if delay_ms:
+        cmd += ["--delay-ms", str(delay_ms)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -322,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="first port (0 = pick free ports)")
     parser.add_argument("--ports", type=int, default=1, help="how many ports to listen on")
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one core")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer every request after this long")
     args = parser.parse_args(argv)
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
@@ -335,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(ports, args.host, ready=True)
+            await serve(ports, args.host, ready=True, delay_s=args.delay_ms / 1000)
 
     asyncio.run(run())
 

@@ -11,6 +11,7 @@ the request to the same path. Either way there is one path: `router/path/pipelin
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
@@ -531,13 +532,35 @@ class _LoopThread:
             self._thread.join(timeout=5)
 
 
+_END = object()
+"""Put on a sync stream's queue after its last chunk."""
+
+
 class Stream(openai.Stream[ChatCompletionChunk]):
-    """A sync iterator of `ChatCompletionChunk` (what `Router` returns for `stream=True`): an `openai.Stream`."""
+    """A sync iterator of `ChatCompletionChunk` (what `Router` returns for `stream=True`): an `openai.Stream`.
+
+    A task on the router's loop reads the stream and hands each chunk over through a queue, so the
+    reading thread waits on the queue alone: no hop onto the loop per chunk, whatever the thread count.
+    """
 
     def __init__(self, stream: RouterStream, loop: _LoopThread) -> None:
         self._stream = stream
         self._loop = loop
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._done = False
         attach_route(self, stream.route)
+        self._pump = loop.start(self._read_all)
+
+    async def _read_all(self) -> None:
+        """On the loop: every chunk onto the queue, then the end (or the error that ended it)."""
+        try:
+            async for chunk in self._stream:
+                self._queue.put(chunk)
+        except BaseException as error:  # the caller's thread raises it, in order
+            self._queue.put(_Raised(error))
+            raise
+        finally:
+            self._queue.put(_END)
 
     @property
     def route(self) -> RouteRecord:
@@ -553,14 +576,24 @@ class Stream(openai.Stream[ChatCompletionChunk]):
         return self
 
     def __next__(self) -> ChatCompletionChunk:
-        try:
-            return self._loop.call(self._stream.__anext__)
-        except StopAsyncIteration:
-            raise StopIteration from None
+        if self._done:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._done = True
+            raise item.error
+        return cast(ChatCompletionChunk, item)
 
     def close(self) -> None:
         """Stop reading and release the connection now."""
-        self._loop.call(self._stream.close)
+        self._done = True
+        if not self._pump.done():
+            self._pump.cancel()
+        if self._loop._portal is not None:
+            self._loop.call(self._stream.close)
 
     def __enter__(self) -> Self:
         return self
@@ -569,6 +602,13 @@ class Stream(openai.Stream[ChatCompletionChunk]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class _Raised:
+    """An exception that ended a sync stream, passed to the reading thread."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class RoutedCompletions(Completions):

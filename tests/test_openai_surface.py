@@ -302,3 +302,38 @@ async def test_embeddings_fast_path_takes_route_hints_and_raw_responses_still_wo
     assert [a.backend for a in route_of(only_up).attempts] == ["up"] and route_of(only_up).tags == ["rag"]
     assert raw.headers[HEADER_PREFIX + "endpoint"] == "embeddings" and raw.parse().data[0].index == 0
     assert seen["up"][0] == {"input": "a", "model": "e-up"}  # the caller's fields only, for the deployment's model
+
+
+def test_sync_streams_from_many_threads_are_whole_and_a_break_raises_in_the_reading_thread(
+    httpx2_mock: respx.Router,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from router import StreamInterruptedError
+
+    backends.mock(httpx2_mock)
+    with Router(backends.config()) as router:
+
+        def read(_: int) -> str:
+            stream = router.chat.completions.create(model="chat", messages=HI, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+        with ThreadPoolExecutor(8) as pool:
+            texts = list(pool.map(read, range(32)))
+    httpx2_mock.routes.clear()
+    with Router(backends.config()) as router:
+        cut = (
+            b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}\n\n'
+        )
+        httpx2_mock.route(url__startswith=backends.DOWN).respond(
+            200, headers={"content-type": "text/event-stream"}, content=cut
+        )
+        stream = router.chat.completions.create(model="chat", messages=HI, stream=True, route={"only": ["down"]})
+        first = next(stream)
+        with pytest.raises(StreamInterruptedError) as broken:
+            next(stream)
+        with pytest.raises(StopIteration):
+            next(stream)
+    assert texts == ["Hello from up."] * 32
+    assert first.choices[0].delta.content == "Hel" and broken.value.partial_text == "Hel"
