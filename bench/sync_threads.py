@@ -71,12 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     with fake_server.server_process(ports=2, delay_ms=args.delay_ms) as server:
         urls = [f"http://127.0.0.1:{port}/v1" for port in server.ports]
         sdk = openai.OpenAI(base_url=urls[0], api_key="x", max_retries=0)
+        backends = {f"b{i}": {"provider": "openai", "base_url": url, "api_key": "x"} for i, url in enumerate(urls)}
+        deployments = [{"backend": name, "model": fake_server.MODEL} for name in backends]
         router = Router(
-            {
-                "backends": {f"b{i}": {"provider": "openai", "base_url": url, "api_key": "x"} for i, url in enumerate(urls)},
-                "models": {"bench": {"deployments": [{"backend": f"b{i}", "model": fake_server.MODEL} for i in range(2)]}},
-                "telemetry": {"otel": "off"},
-            }
+            {"backends": backends, "models": {"bench": {"deployments": deployments}}, "telemetry": {"otel": "off"}}
         )
         clients: dict[str, tuple[Any, str]] = {"openai.OpenAI": (sdk, fake_server.MODEL), "Router": (router, "bench")}
         for client, model in clients.values():  # warm up: pools, code paths
