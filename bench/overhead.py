@@ -72,9 +72,13 @@ EMBED_INPUT = "Say something about foxes and dogs."
 MODEL = fake_server.MODEL
 ALIAS = "bench"
 EXPECTED_TEXT = fake_server.TEXT
-CLIENTS = ("raw httpx2", "openai", "router")
-MODES = ("non-stream", "stream", "parse", "embeddings")
-"""`parse`: `chat.completions.parse` (openai's own code over the router's routing transport);
+CLIENTS = ("raw aiohttp", "raw httpx2", "openai", "router")
+LONG = fake_server.LONG_CHUNKS
+CHUNKS = {"stream": len(fake_server.WORDS) + 3, "long-stream": LONG + 3}
+"""SSE events per streamed answer: role, content chunks, finish, usage."""
+MODES = ("non-stream", "stream", "long-stream", "parse", "embeddings")
+"""`long-stream`: 256-chunk streams (client CPU per chunk is what it measures; run it at c=16);
+`parse`: `chat.completions.parse` (openai's own code over the router's routing transport);
 `embeddings`: `embeddings.create`. raw httpx2 does the same POST and `json.loads` for both."""
 DEFAULT_MODES = ("non-stream", "stream")
 
@@ -111,9 +115,16 @@ class Client:
 
     def call(self, mode: str) -> Callable[[], Awaitable[None]]:
         """The timed call for a mode."""
-        return {"non-stream": self.complete, "stream": self.stream, "parse": self.parse, "embeddings": self.embed}[
-            mode
-        ]
+        if mode == "long-stream":
+            return self.long_stream
+        return {"non-stream": self.complete, "stream": self.stream, "parse": self.parse, "embeddings": self.embed}[mode]
+
+    async def long_stream(self) -> None:
+        raise NotImplementedError
+
+    async def check_long(self) -> str:
+        """One 256-chunk stream's text."""
+        raise NotImplementedError
 
 
 class RawHttpx2(Client):
@@ -134,8 +145,8 @@ class RawHttpx2(Client):
         self._embed_body = json.dumps({"model": MODEL, "input": EMBED_INPUT}).encode()
         self._stream_headers = {**self._headers, "accept": "text/event-stream"}
 
-    def _body(self, stream: bool) -> bytes:
-        body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    def _body(self, stream: bool, max_tokens: int = MAX_TOKENS) -> bytes:
+        body: dict[str, Any] = {"model": MODEL, "messages": MESSAGES, "max_tokens": max_tokens}
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -146,9 +157,9 @@ class RawHttpx2(Client):
         response.raise_for_status()
         json.loads(response.content)
 
-    async def stream(self) -> None:
+    async def stream(self, max_tokens: int = MAX_TOKENS) -> None:
         async with self._client.stream(
-            "POST", self._url, content=self._body(True), headers=self._stream_headers
+            "POST", self._url, content=self._body(True, max_tokens), headers=self._stream_headers
         ) as response:
             response.raise_for_status()
             # Read to the end of the body (past `[DONE]`), so the connection goes back to the pool.
@@ -157,6 +168,19 @@ class RawHttpx2(Client):
                     data = line[6:]
                     if data != "[DONE]":
                         json.loads(data)
+
+    async def long_stream(self) -> None:
+        await self.stream(LONG)
+
+    async def check_long(self) -> str:
+        text = []
+        async with self._client.stream(
+            "POST", self._url, content=self._body(True, LONG), headers=self._stream_headers
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line[6:] != "[DONE]":
+                    text += [c["delta"].get("content") or "" for c in json.loads(line[6:])["choices"]]
+        return "".join(text)
 
     async def check(self, stream: bool) -> str:
         if not stream:
@@ -188,6 +212,74 @@ class RawHttpx2(Client):
         await self._client.aclose()
 
 
+class RawAiohttp(Client):
+    """The floor: aiohttp, the body read and `json.loads`-ed (stream: every `data:` line)."""
+
+    name = "raw aiohttp"
+
+    def __init__(self, base_url: str) -> None:
+        self._url = base_url + "/chat/completions"
+        self._embed_url = base_url + "/embeddings"
+        self._session: Any = None
+        self._headers = {"content-type": "application/json", "authorization": "Bearer x"}
+
+    def _open(self) -> Any:
+        import aiohttp
+
+        if self._session is None:  # made inside the running loop, as aiohttp wants
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+        return self._session
+
+    def _body(self, stream: bool, max_tokens: int = MAX_TOKENS) -> bytes:
+        return RawHttpx2._body(self, stream, max_tokens)  # type: ignore[arg-type]
+
+    async def complete(self) -> None:
+        async with self._open().post(self._url, data=self._body(False), headers=self._headers) as response:
+            response.raise_for_status()
+            json.loads(await response.read())
+
+    async def _lines(self, max_tokens: int) -> list[Any]:
+        out = []
+        async with self._open().post(self._url, data=self._body(True, max_tokens), headers=self._headers) as response:
+            response.raise_for_status()
+            async for line in response.content:
+                if line.startswith(b"data: ") and line[6:].strip() != b"[DONE]":
+                    out.append(json.loads(line[6:]))
+        return out
+
+    async def stream(self) -> None:
+        await self._lines(MAX_TOKENS)
+
+    async def long_stream(self) -> None:
+        await self._lines(LONG)
+
+    async def check(self, stream: bool) -> str:
+        if not stream:
+            async with self._open().post(self._url, data=self._body(False), headers=self._headers) as response:
+                return str(json.loads(await response.read())["choices"][0]["message"]["content"])
+        return "".join(c["delta"].get("content") or "" for e in await self._lines(MAX_TOKENS) for c in e["choices"])
+
+    async def check_long(self) -> str:
+        return "".join(c["delta"].get("content") or "" for e in await self._lines(LONG) for c in e["choices"])
+
+    async def parse(self) -> None:
+        await self.complete()
+
+    async def embed(self) -> None:
+        body = json.dumps({"model": MODEL, "input": EMBED_INPUT}).encode()
+        async with self._open().post(self._embed_url, data=body, headers=self._headers) as response:
+            json.loads(await response.read())
+
+    async def check_embed(self) -> int:
+        body = json.dumps({"model": MODEL, "input": EMBED_INPUT}).encode()
+        async with self._open().post(self._embed_url, data=body, headers=self._headers) as response:
+            return len(json.loads(await response.read())["data"][0]["embedding"])
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class _SDKLike(Client):
     """openai.AsyncOpenAI and AsyncRouter share the `chat.completions.create` surface."""
 
@@ -208,11 +300,11 @@ class _SDKLike(Client):
     async def complete(self) -> None:
         await self._create(model=self._model, messages=MESSAGES, max_tokens=MAX_TOKENS)
 
-    async def stream(self) -> None:
+    async def stream(self, max_tokens: int = MAX_TOKENS) -> None:
         stream = await self._create(
             model=self._model,
             messages=MESSAGES,
-            max_tokens=MAX_TOKENS,
+            max_tokens=max_tokens,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -221,6 +313,17 @@ class _SDKLike(Client):
                 pass
         finally:
             await stream.close()
+
+    async def long_stream(self) -> None:
+        await self.stream(LONG)
+
+    async def check_long(self) -> str:
+        chunks = await self._create(
+            model=self._model, messages=MESSAGES, max_tokens=LONG, stream=True, stream_options={"include_usage": True}
+        )
+        text = [c.delta.content or "" async for chunk in chunks for c in chunk.choices]
+        await chunks.close()
+        return "".join(text)
 
     async def check(self, stream: bool) -> str:
         if not stream:
@@ -283,6 +386,8 @@ class RouterClient(_SDKLike):
 
 
 def make_client(name: str, base_urls: list[str]) -> Client:
+    if name == "raw aiohttp":
+        return RawAiohttp(base_urls[0])
     if name == "raw httpx2":
         return RawHttpx2(base_urls[0])
     if name == "openai":
@@ -449,6 +554,9 @@ async def measure_group(
             if mode == "embeddings":
                 if await client.check_embed() != 64:
                     raise AssertionError(f"{name} {mode}: not the server's 64-float vector")
+            elif mode == "long-stream":
+                if (text := await client.check_long()) != fake_server.LONG_TEXT:
+                    raise AssertionError(f"{name} {mode}: got {text[:60]!r}…, expected the 256-chunk text")
             elif (text := await client.check(streaming)) != EXPECTED_TEXT:
                 raise AssertionError(f"{name} {mode}: got {text!r}, expected {EXPECTED_TEXT!r}")
             await drive(runs[name].call, warmup, concurrency)  # fills the pool, warms code paths
@@ -600,6 +708,18 @@ def report(cells: dict[tuple[str, int, str], Cell], imports: dict[str, float], a
             if parts:
                 lines.append(f"  {mode:<10} c={conc:<3} " + "; ".join(parts))
 
+    lines += ["", "Client CPU per call (per chunk for streams), by concurrency:"]
+    for mode in args.modes:
+        for name in args.clients:
+            row = [(conc, cells.get((mode, conc, name))) for conc in args.concurrency]
+            measured = [(conc, cell) for conc, cell in row if cell is not None and cell.cpu]
+            if not measured:
+                continue
+            per = CHUNKS.get(mode, 1)
+            unit = "chunk" if per > 1 else "call"
+            values = ", ".join(f"c={conc} {cell.cpu_ms_m * 1e3 / per:,.1f} µs" for conc, cell in measured)
+            lines.append(f"  {mode:<11} {name:<11} per {unit}: {values}")
+
     if imports:
         runs = 1 if args.quick else 5
         how = "median of 5" if runs == 5 else "1 run"
@@ -620,6 +740,21 @@ def report(cells: dict[tuple[str, int, str], Cell], imports: dict[str, float], a
         lines.append(
             f"  router >= {factor}x openai req/s, {mode:<10} c=64: {ratio:.2f}x "
             f"({rt.rps_m:,.0f} vs {oa.rps_m:,.0f} req/s)  {'MET' if met else 'MISSED'}"
+        )
+    for mode, conc, factor in (("non-stream", 64, 3.0), ("long-stream", 16, 2.0)):
+        floor, rt = cells.get((mode, conc, "raw aiohttp")), cells.get((mode, conc, "router"))
+        per = "chunk" if mode in CHUNKS else "call"
+        if floor is None or rt is None or not floor.cpu or not rt.cpu:
+            lines.append(f"  router client CPU per {per} <= {factor}x raw aiohttp's, {mode} c={conc}: not measured")
+            continue
+        ratio = rt.cpu_ms_m / floor.cpu_ms_m
+        met = ratio <= factor
+        all_met &= met
+        chunks = CHUNKS.get(mode, 1)
+        lines.append(
+            f"  router client CPU per {per} <= {factor}x raw aiohttp's, {mode} c={conc}: {ratio:.2f}x "
+            f"({rt.cpu_ms_m * 1e3 / chunks:,.1f} vs {floor.cpu_ms_m * 1e3 / chunks:,.1f} µs)  "
+            f"{'MET' if met else 'MISSED'}"
         )
     if "import router" in imports:
         met = imports["import router"] < 0.3
