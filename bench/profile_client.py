@@ -47,7 +47,7 @@ def main() -> int:
 
         async def run() -> None:
             client = overhead.make_client(args.client, base_urls)
-            call = client.stream if args.mode == "stream" else client.complete
+            call = client.call(args.mode)
             try:
                 await overhead.drive(call, 300, args.concurrency)
                 profiler.enable()

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from providers import Answered
 from router.cache import ResponseCache
 from router.config import ConfigError, ConfigIssue, RouterConfig, load_config
+from router.config.routes import RouteTable
 from router.observe.logs import register_secret
 from router.observe.usage import UsageLedger, UsageRow
 from router.path.circuit import Circuits
@@ -170,8 +171,6 @@ class RouterEngine:
         )
 
     def _request_path(self, config: RouterConfig) -> RequestPath:
-        from router.config.routes import RouteTable
-
         table = RouteTable(config)
         for secret in table.secrets:
             register_secret(secret)  # never in a log line, whoever logs it

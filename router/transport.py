@@ -20,9 +20,9 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
-from providers import Answered, RawEvent
+from providers import Answered, ProviderError, RawEvent
 from router.engine import RouterEngine, timeout_seconds
-from router.errors import bad_request, not_routed, to_caller_error, wire_error
+from router.errors import bad_request, not_routed, to_caller_error, unknown_model, wire_error
 from router.path.hints import RouteHints
 from router.path.record import ROUTE_EXTENSION, RouteRecord, route_headers, route_of
 from router.path.streaming import RouterStream
@@ -191,8 +191,6 @@ def _models(engine: RouterEngine, model_id: str) -> httpx2.Response:
     for entry in entries:
         if entry["id"] == model_id:
             return json_response(200, entry)
-    from router.errors import unknown_model
-
     raise unknown_model(model_id, list(table.routes))
 
 
@@ -203,16 +201,15 @@ async def _stored_response(engine: RouterEngine, method: str, path: str, request
     deployment = engine.path.table.deployment(home) if home is not None else None
     if deployment is None:
         raise not_routed(method, path) if home is None else bad_request(f"{home} is no longer configured")
+    failed: ProviderError | None = None
     try:
         status, headers, content = await deployment.adapter.relay(
             engine.client, method, "/" + path, params=dict(request.url.params)
         )
-    except Exception as failure:
-        from providers import ProviderError
-
-        if isinstance(failure, ProviderError):
-            raise to_caller_error(failure, [], None, url=deployment.adapter.base_url) from None
-        raise
+    except ProviderError as failure:
+        failed = failure
+    if failed is not None:  # raised outside the except: no chain back to the backend's request
+        raise to_caller_error(failed, [], None, url=deployment.adapter.base_url)
     return httpx2.Response(status, headers=headers, content=content)
 
 
