@@ -337,3 +337,29 @@ def test_sync_streams_from_many_threads_are_whole_and_a_break_raises_in_the_read
             next(stream)
     assert texts == ["Hello from up."] * 32
     assert first.choices[0].delta.content == "Hel" and broken.value.partial_text == "Hel"
+
+
+async def test_usage_cost_and_hooks_cover_every_endpoint(httpx2_mock: respx.Router) -> None:
+    backends.mock(httpx2_mock)
+    config = embed_config()
+    for alias in ("chat", "embed"):
+        for deployment in config["models"][alias]["deployments"]:
+            deployment["price"] = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+    ended: list[str] = []
+    async with AsyncRouter(config) as router:
+        router.on("success", lambda event: ended.append(event.record.endpoint))
+        await router.embeddings.create(model="embed", input=["a", "b"], route={"tags": ["rag"]})
+        await router.completions.create(model="chat", prompt="x")
+        response = await router.responses.create(model="chat", input="hi")
+        rows = {row.tag: row for row in router.usage(group_by=("tag",))}
+    assert sorted(ended) == ["completions", "embeddings", "responses"]
+    assert rows["rag"].prompt_tokens == 8 and rows["rag"].cost_usd == pytest.approx(8 / 1e6)
+    assert route_of(response).cost_usd == pytest.approx((7 * 1.0 + 5 * 2.0) / 1e6)
+
+
+def test_router_with_no_config_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router import ConfigError
+
+    monkeypatch.delenv("INFERENCE_ROUTER_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="set INFERENCE_ROUTER_CONFIG to a YAML/TOML file"):
+        AsyncRouter()
