@@ -27,6 +27,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
 from providers import Answered
+from providers.http import backend_client as pooled_client
 from router.cache import ResponseCache
 from router.config import ConfigError, ConfigIssue, RouterConfig, load_config
 from router.config.routes import RouteTable
@@ -136,11 +137,8 @@ class RouterEngine:
     ) -> None:
         self.config = config
         self._owns_client = backend_client is None
-        self.client = backend_client or httpx2.AsyncClient(
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
-            timeout=httpx2.Timeout(None, connect=5.0),
-        )
-        """The pooled connections to the backends."""
+        self.client = backend_client or pooled_client()
+        """The pooled connections to the backends (aiohttp's pool behind httpx2's interface, `providers/http.py`)."""
         self.stats = MemoryStats()
         self.cache = ResponseCache(config.cache) if config.cache is not None else None
         self.shared = self._shared_state(config)

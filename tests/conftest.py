@@ -12,7 +12,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
+import respx
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -29,6 +31,22 @@ def require_local_extra() -> None:
     missing = [m for m in ("xllamacpp", "gguf", "numpy") if importlib.util.find_spec(m) is None]
     if missing:
         unavailable(f"llama.cpp tests need {', '.join(missing)}: pip install -e '.[test]'")
+
+
+@pytest.fixture
+def httpx2_mock(httpx2_mock: respx.Router, monkeypatch: pytest.MonkeyPatch) -> respx.Router:
+    """respx mocks httpx2's own transport (httpcore2), so routers made while it is active reach
+    backends through it; everywhere else, loopback-server tests included, they send through
+    aiohttp, as in production (`providers/http.py`)."""
+
+    def mockable() -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
+            timeout=httpx2.Timeout(None, connect=5.0),
+        )
+
+    monkeypatch.setattr("router.engine.pooled_client", mockable)
+    return httpx2_mock
 
 
 class _EveryLogLine(logging.Handler):
