@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -82,6 +83,16 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._keepalive_s = keepalive_s
         self._ssl: ssl.SSLContext | bool = verify
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    def _proxy_for(self, url: httpx2.URL) -> str | None:
+        """The environment's proxy for this scheme and host (`HTTP(S)_PROXY`, `NO_PROXY`), looked up
+        once per host: aiohttp's own `trust_env` would look in a worker thread on every request."""
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            proxy = urllib.request.getproxies().get(url.scheme)
+            self._proxies[key] = None if proxy is None or urllib.request.proxy_bypass(url.host) else proxy
+        return self._proxies[key]
 
     def _open(self) -> aiohttp.ClientSession:
         session = self._session
@@ -90,7 +101,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 limit=self._max_connections, keepalive_timeout=self._keepalive_s, ssl=self._ssl
             )
             session = self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=True, auto_decompress=False, skip_auto_headers=("User-Agent",)
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
             )
         return session
 
@@ -104,6 +115,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 headers=CIMultiDict(request.headers.multi_items()),
                 data=request.content or None,
                 allow_redirects=False,
+                proxy=self._proxy_for(request.url),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
                 ),
