@@ -23,6 +23,8 @@ import aiohttp
 import httpx2
 from multidict import CIMultiDict
 
+_LATIN_1 = "iso-8859-1"
+"""What HTTP header bytes decode as, exactly and always (httpx2 otherwise tries ascii, then utf-8, per object)."""
 _READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
 """A body cut short: what httpcore2 calls a RemoteProtocolError."""
 
@@ -107,6 +109,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeout: dict[str, Any] = request.extensions.get("timeout") or {}
+        request.headers.encoding = _LATIN_1  # header bytes as they are, without httpx2 guessing the encoding
         failure: httpx2.TransportError | None = None
         try:
             response = await self._open().request(
@@ -126,13 +129,15 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 raise
         if failure is not None:  # raised outside the except: aiohttp's error holds the request
             raise failure
-        return httpx2.Response(
+        answer = httpx2.Response(
             response.status,
             headers=response.raw_headers,
             stream=_Body(response),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+        answer.headers.encoding = _LATIN_1
+        return answer
 
     async def aclose(self) -> None:
         if self._session is not None:
