@@ -109,6 +109,12 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeout: dict[str, Any] = request.extensions.get("timeout") or {}
+        # Two turns of the loop first (one to read a waiting FIN, one to run its callback): a pooled
+        # connection whose server has gone is then seen closed and not reused, as httpcore2 checks
+        # a socket's readability before reusing it. Without this a crashed backend costs each
+        # caller one extra failed attempt on a dead connection before the refused connect.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         request.headers.encoding = _LATIN_1  # header bytes as they are, without httpx2 guessing the encoding
         failure: httpx2.TransportError | None = None
         try:
