@@ -146,8 +146,8 @@ class Circuits:
             return Admission.REFUSED
         if breaker.state is CircuitState.OPEN and breaker.opened_by.startswith("rate-limited"):
             # the provider said when to come back, and that time has come: no probe needed
-            previous, breaker.state = breaker.state, CircuitState.CLOSED
-            self._changed(candidate_id, previous, breaker.state, "rate-limit reset passed")
+            breaker.state = CircuitState.CLOSED
+            self._changed(candidate_id, CircuitState.OPEN, breaker.state, "rate-limit reset passed")
             return Admission.ADMITTED
         if breaker.probing:
             return Admission.REFUSED
