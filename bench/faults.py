@@ -1,6 +1,7 @@
 """Fault scorecard and hedging's effect on tail latency, against real misbehaving loopback servers.
 
     python bench/faults.py [--quick] [--repeat N] [--requests 1500] [--concurrency 16] [--seed 7]
+                           [--no-recovery] [--outage-s 60] [--every-s 4]
 
 Not a test (pytest never collects it): it prints figures for a person to read.
 
@@ -26,6 +27,12 @@ Not a test (pytest never collects it): it prints figures for a person to read.
    backend gets the same sequence of TTFTs (seeded, by its request number) in every run. If the
    router does not accept the `hedge` key, or accepts it but a probe shows no call is ever
    hedged, the section says so and is skipped (exit status 0).
+
+3. **Back on the primary after an outage.** The issue's scenario with the router's defaults: alias
+   `primary` (a) falling back to `backup` (b), `ordered`; a answers 503 for `--outage-s` (60),
+   then is healthy; one call every `--every-s` (4). Prints the seconds from a's recovery to the
+   first call it served again, and what the outage cost: calls that waited on a failed attempt
+   at a (and for how long), and the requests a received while down. `--no-recovery` skips it.
 
 The fault server runs in a thread of this process, so it shares the GIL with the router: at
 concurrency 16 on a small machine latencies include some of its work. Compare rows within a run.

@@ -38,6 +38,7 @@ import random
 import sys
 import tempfile
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -429,8 +430,54 @@ async def one_call(router: Any, spec: Spec, expected: Expected, t0: float) -> Ou
 
 
 @dataclass
+class Tally:
+    """Every outcome, counted as it comes (the outcomes themselves are dropped, so the RSS measured is
+    the router's, not a growing list of records)."""
+
+    timeline: Timeline
+    calls: int = 0
+    ok: int = 0
+    results: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    served: Counter[str] = field(default_factory=Counter)
+    problems: Counter[str] = field(default_factory=Counter)
+    late: int = 0
+    exact: int = 0
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    preferred: Counter[str] = field(default_factory=Counter)
+    """`up`/`up_won`: local calls answered upstream while llama1 was up / served by it (`settled…`: up ≥ 10 s)."""
+    llama1_starts: array[float] = field(default_factory=lambda: array("d"))
+
+    def add(self, o: Outcome, expected: Expected) -> None:
+        self.calls += 1
+        self.results[o.result] += 1
+        spec = o.spec
+        self.kinds["stream" if spec.stream else "plain"] += 1
+        self.kinds["cacheable" if spec.cacheable else "not cacheable"] += 1
+        self.kinds["tools" if spec.tools else "no tools"] += 1
+        if o.problem:
+            self.problems[o.problem] += 1
+        if o.result != "hung" and o.seconds > DEADLINE_S + 1.0:
+            self.late += 1
+        if o.result != "ok":
+            return
+        self.ok += 1
+        self.latencies.append(o.seconds)
+        self.served["cache" if o.cached else o.backend or "?"] += 1
+        self.exact += o.backend in TEXTS or expected.llama(spec) is not None
+        if o.backend == "llama1" and not o.cached:
+            self.llama1_starts.append(o.started)
+        if spec.alias == "local" and not o.cached:
+            up_for = self.timeline.up_for("llama1", o.started)
+            for label, settled_s in (("up", 0.0), ("settled", 10.0)):
+                if up_for >= settled_s:
+                    self.preferred[label] += 1
+                    self.preferred[label + "_won"] += o.backend == "llama1"
+
+
+@dataclass
 class Soak:
-    outcomes: list[Outcome] = field(default_factory=list)
+    tally: Tally
     rss_start: float = 0.0
     rss_minute: float = 0.0
     """After the first minute: the growth from there on is the slope that matters."""
@@ -476,7 +523,7 @@ async def soak(args: argparse.Namespace, backends: Backends) -> Soak:
     import router as rt
 
     global _T0
-    result = Soak()
+    result = Soak(Tally(backends.timeline))
     expected = result.expected = await read_expected(backends)
     rng = random.Random(args.seed)
     async with rt.AsyncRouter.from_config(router_config(backends)) as router:
@@ -490,17 +537,16 @@ async def soak(args: argparse.Namespace, backends: Backends) -> Soak:
 
         async def worker() -> None:
             while _now() < until:
-                result.outcomes.append(await one_call(router, draw(rng, next(counter)), expected, _T0))
+                result.tally.add(await one_call(router, draw(rng, next(counter)), expected, _T0), expected)
 
         async def progress() -> None:
             while _now() < until:
                 await anyio.sleep(30.0)
                 if not result.rss_minute and _now() >= 60.0:
                     result.rss_minute = rss_mb()
-                done = result.outcomes
+                tally = result.tally
                 print(
-                    f"  {_now():5.0f}s {len(done)} calls, {sum(o.result == 'ok' for o in done)} ok, "
-                    f"rss {rss_mb():.0f} MB",
+                    f"  {_now():5.0f}s {tally.calls} calls, {tally.ok} ok, rss {rss_mb():.0f} MB",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -528,52 +574,22 @@ async def soak(args: argparse.Namespace, backends: Backends) -> Soak:
 # --- the scorecard ----------------------------------------------------------------------------
 
 
-def preferred_share(s: Soak, timeline: Timeline, settled_s: float) -> tuple[int, int]:
-    """(served by llama1, answered upstream) among `local` calls begun while llama1 had been up `settled_s`."""
-    eligible = [
-        o
-        for o in s.outcomes
-        if o.spec.alias == "local"
-        and o.result == "ok"
-        and not o.cached
-        and timeline.up_for("llama1", o.started) >= settled_s
-    ]
-    return sum(o.backend == "llama1" for o in eligible), len(eligible)
-
-
-def back_on_llama1(s: Soak, timeline: Timeline) -> list[float]:
+def back_on_llama1(t: Tally, timeline: Timeline) -> list[float]:
     """For each restart of llama1: seconds until a call begun after it was served by it."""
     out = []
     for _, up in timeline.down.get("llama1", []):
-        served = [o.started for o in s.outcomes if o.backend == "llama1" and not o.cached and o.started >= up]
-        if up != float("inf") and served:
-            out.append(min(served) - up)
+        later = [started for started in t.llama1_starts if started >= up]
+        if up != float("inf") and later:
+            out.append(min(later) - up)
     return out
 
 
 def scorecard(s: Soak, backends: Backends, args: argparse.Namespace) -> int:
     """Print the scorecard; the number of must-be-zero lines that are not."""
-    outs = s.outcomes
-    ok_calls = [o for o in outs if o.result == "ok"]
-    errors = Counter(
-        o.result for o in outs if o.result != "ok" and o.result != "hung" and not o.result.startswith("unclean")
-    )
-    unclean = Counter(o.result for o in outs if o.result.startswith("unclean"))
-    hung = sum(o.result == "hung" for o in outs)
-    late = sum(o.seconds > DEADLINE_S + 1.0 for o in outs if o.result != "hung")
-    truncated = sum(o.problem == "truncated" for o in outs)
-    garbled = sum(o.problem == "garbled" for o in outs)
-    kinds = Counter(
-        ("stream" if o.spec.stream else "plain")
-        + ("/cacheable" if o.spec.cacheable else "")
-        + ("/tools" if o.spec.tools else "")
-        for o in outs
-    )
-    served = Counter("cache" if o.cached else o.backend or "?" for o in ok_calls)
-    exact = sum(1 for o in ok_calls if o.backend in TEXTS or s.expected.llama(o.spec) is not None)
-    pref_any = preferred_share(s, backends.timeline, 0.0)
-    pref_settled = preferred_share(s, backends.timeline, 10.0)
-    p = sorted(o.seconds for o in ok_calls)
+    t = s.tally
+    errors = Counter({r: n for r, n in t.results.items() if r not in ("ok", "hung") and not r.startswith("unclean")})
+    unclean = Counter({r: n for r, n in t.results.items() if r.startswith("unclean")})
+    p = sorted(t.latencies)
     failing = 0
 
     def must_be_zero(label: str, value: int, detail: str = "") -> None:
@@ -587,23 +603,23 @@ def scorecard(s: Soak, backends: Backends, args: argparse.Namespace) -> int:
         f"Soak scorecard: {s.seconds / 60:.1f} min, concurrency {args.concurrency}, seed {args.seed}, "
         f"one router, redis-server state and cache"
     )
-    print(f"  {'calls':<58} {len(outs):>8}  ({len(outs) / max(s.seconds, 1e-9):.0f}/s)")
-    print(f"  {'  by kind':<58} " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
-    print(f"  {'successes':<58} {len(ok_calls):>8}  ({len(ok_calls) / max(len(outs), 1):.1%})")
-    print(f"  {'  served by':<58} " + ", ".join(f"{k} {n}" for k, n in served.most_common()))
+    print(f"  {'calls':<58} {t.calls:>8}  ({t.calls / max(s.seconds, 1e-9):.0f}/s)")
+    print(f"  {'  by kind':<58} " + ", ".join(f"{k} {n}" for k, n in t.kinds.items()))
+    print(f"  {'successes':<58} {t.ok:>8}  ({t.ok / max(t.calls, 1):.1%})")
+    print(f"  {'  served by':<58} " + ", ".join(f"{k} {n}" for k, n in t.served.most_common()))
     if p:
         print(
             f"  {'  latency p50 / p99 / max (s)':<58} {p[len(p) // 2]:.3f} / {p[int(len(p) * 0.99)]:.3f} / {p[-1]:.3f}"
         )
-    print(f"  {'  checked against the exact expected text':<58} {exact:>8}  (the rest: length + finish_reason)")
+    print(f"  {'  checked against the exact expected text':<58} {t.exact:>8}  (the rest: length + finish_reason)")
     print(f"  {'clean errors (openai.APIError subclasses)':<58} {sum(errors.values()):>8}")
     for name, n in errors.most_common():
         print(f"  {'  ' + name:<58} {n:>8}")
     must_be_zero("errors that are not openai.APIError", sum(unclean.values()), "; ".join(unclean)[:200])
-    must_be_zero(f"calls hung past their deadline (+{GRACE_S:g}s)", hung)
-    print(f"  {'  calls that ended more than 1 s past their deadline':<58} {late:>8}")
-    must_be_zero("answers truncated yet returned as success", truncated)
-    must_be_zero("duplicated or out-of-order text (streams, partial texts)", garbled)
+    must_be_zero(f"calls hung past their deadline (+{GRACE_S:g}s)", t.results["hung"])
+    print(f"  {'  calls that ended more than 1 s past their deadline':<58} {t.late:>8}")
+    must_be_zero("answers truncated yet returned as success", t.problems["truncated"])
+    must_be_zero("duplicated or out-of-order text (streams, partial texts)", t.problems["garbled"])
     must_be_zero("router in-flight requests left (idle, 3 s after)", s.in_flight_end)
     must_be_zero("fault-server connections still busy", s.busy_end)
     running = sum(v or 0 for v in s.llama_running_end.values())
@@ -618,16 +634,17 @@ def scorecard(s: Soak, backends: Backends, args: argparse.Namespace) -> int:
     )
     growth = s.rss_end - s.rss_start
     print(
-        f"  {'RSS start → end (MB, incl. the soak records)':<58} {s.rss_start:.0f} → {s.rss_end:.0f}  "
+        f"  {'RSS start → end (MB)':<58} {s.rss_start:.0f} → {s.rss_end:.0f}  "
         f"({growth:+.0f} MB, {growth / s.rss_start:+.0%})"
     )
     if s.rss_minute and s.seconds > 90:
         slope = (s.rss_end - s.rss_minute) / ((s.seconds - 60.0) / 60.0)
         print(f"  {'  after the first minute (MB per minute)':<58} {slope:+8.1f}  ({s.rss_minute:.0f} at 1 min)")
-    for label, (won, of) in (("while up", pref_any), ("while up ≥ 10 s", pref_settled)):
+    for label, key in (("while up", "up"), ("while up ≥ 10 s", "settled")):
+        won, of = t.preferred[key + "_won"], t.preferred[key]
         share = f"{won / of:.1%}" if of else "n/a"
         print(f"  {'preferred backend (llama1) share of local calls ' + label:<58} {share:>8}  ({won}/{of})")
-    returns = back_on_llama1(s, backends.timeline)
+    returns = back_on_llama1(t, backends.timeline)
     print(
         f"  {'seconds from llama1 up again to a call it served':<58} "
         + (", ".join(f"{r:.1f}" for r in returns) if returns else "n/a")

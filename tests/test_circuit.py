@@ -134,6 +134,9 @@ def test_rate_limit_opens_until_its_reset_and_the_later_deadline_wins() -> None:
     circuits.record("a", 0, failure=FailureKind.RATE_LIMITED, retry_after=60)
     circuits.record("a", 1, failure=FailureKind.RATE_LIMITED, retry_after=2)  # an earlier reset doesn't shorten it
     assert circuits.view("a", 2).cooldown_remaining_s == 58
+    # the provider said when to come back: then every caller may, no probe needed
+    assert circuits.admit("a", 60) is Admission.ADMITTED and circuits.admit("a", 60) is Admission.ADMITTED
+    assert circuits.view("a", 60).state is CircuitState.CLOSED
 
 
 def test_client_errors_do_not_count_and_cancelled_probes_are_released() -> None:
