@@ -121,6 +121,8 @@ class Spec:
             "temperature": 0 if self.cacheable else 1.0,
             "route": {"deadline_s": DEADLINE_S},
         }
+        if self.stream:
+            args["stream_options"] = {"include_usage": True}
         if self.tools:
             args["tools"] = TOOLS
         return args
@@ -152,6 +154,7 @@ class Outcome:
     cached: bool = False
     problem: str | None = None
     """`truncated` (an incomplete answer returned as a success) or `garbled` (repeated or out-of-order text)."""
+    detail: str = ""
 
 
 @dataclass
@@ -164,22 +167,25 @@ class Expected:
     def llama(self, spec: Spec) -> str | None:
         return self.texts.get((spec.prompt, spec.max_tokens, spec.tools)) if spec.cacheable else None
 
-    def judge(self, spec: Spec, backend: str | None, text: str, finish: str | None) -> str | None:
-        """None if `text` is a complete answer this call may get; else `truncated` or `garbled`."""
+    def judge(self, spec: Spec, backend: str | None, text: str, finish: str | None, tokens: int | None) -> str | None:
+        """None if `text` is a complete answer this call may get; else `truncated` or `garbled`.
+
+        llama.cpp: `max_tokens` tokens (its usage) and `finish_reason: "length"`, one character per
+        token; with `tools` its chat parser trims the content's surrounding whitespace, so up to that."""
         if backend in TEXTS:
             return _against(text, [TEXTS[backend]], finish == "stop")
         if backend is not None:  # a llama.cpp server
             exact = self.llama(spec)
             if exact is not None:
                 return _against(text, [exact], finish == "length")
-            if len(text) == spec.max_tokens and finish == "length":
+            if _length_ok(spec, text) and finish == "length" and tokens == spec.max_tokens:
                 return None
             return "truncated" if len(text) < spec.max_tokens or finish != "length" else "garbled"
         # from the cache: whatever a backend of the alias (or its fallback) answered
         candidates = [*TEXTS.values(), *filter(None, [self.llama(spec)])]
         if text in candidates:
             return None
-        if self.llama(spec) is None and len(text) == spec.max_tokens:
+        if self.llama(spec) is None and _length_ok(spec, text):
             return None
         return "truncated" if any(c.startswith(text) for c in candidates) else "garbled"
 
@@ -191,6 +197,13 @@ class Expected:
         if backend is not None and exact is not None:
             return exact.startswith(partial)
         return len(partial) <= spec.max_tokens
+
+
+def _length_ok(spec: Spec, text: str) -> bool:
+    """One character per token, but a tools answer may have lost surrounding whitespace to the parser."""
+    if len(text) == spec.max_tokens:
+        return True
+    return spec.tools and 0 < len(text) < spec.max_tokens and text == text.strip()
 
 
 def _against(text: str, complete: list[str], finished: bool) -> str | None:
@@ -403,6 +416,7 @@ async def one_call(router: Any, spec: Spec, expected: Expected, t0: float) -> Ou
     with anyio.move_on_after(DEADLINE_S + GRACE_S):
         text: list[str] = []
         finish: str | None = None
+        tokens: int | None = None
         reply: Any = None
         try:
             reply = await router.chat.completions.create(model=spec.alias, stream=spec.stream, **spec.body())
@@ -411,18 +425,24 @@ async def one_call(router: Any, spec: Spec, expected: Expected, t0: float) -> Ou
                     for choice in chunk.choices:
                         text.append(choice.delta.content or "")
                         finish = choice.finish_reason or finish
+                    tokens = chunk.usage.completion_tokens if chunk.usage else tokens
             else:
                 finish = reply.choices[0].finish_reason
                 text.append(reply.choices[0].message.content or "")
+                tokens = reply.usage.completion_tokens if reply.usage else None
             route = rt.route_of(reply)
             outcome.result, outcome.backend, outcome.cached = "ok", route.backend, bool(route.cached)
-            outcome.problem = expected.judge(spec, route.backend if not route.cached else None, "".join(text), finish)
+            whole = "".join(text)
+            outcome.problem = expected.judge(spec, route.backend if not route.cached else None, whole, finish, tokens)
+            if outcome.problem:
+                outcome.detail = f"{route.backend} cached={route.cached} finish={finish} tokens={tokens} text={whole!r}"
         except openai.APIError as error:
             outcome.result = type(error).__name__
             partial = getattr(error, "partial_text", None)
             route = getattr(error, "route", None)
             if partial and not expected.partial_ok(spec, route.backend if route else None, partial):
                 outcome.problem = "garbled"
+                outcome.detail = f"{route.backend if route else None} partial={partial!r}"
         except Exception as error:  # exactly what the soak is looking for
             outcome.result = f"unclean:{type(error).__name__}: {str(error)[:80]}"
     outcome.seconds = time.monotonic() - started
@@ -447,6 +467,8 @@ class Tally:
     preferred: Counter[str] = field(default_factory=Counter)
     """`up`/`up_won`: local calls answered upstream while llama1 was up / served by it (`settled…`: up ≥ 10 s)."""
     llama1_starts: array[float] = field(default_factory=lambda: array("d"))
+    samples: list[str] = field(default_factory=list)
+    """The first few problem calls, in full."""
 
     def add(self, o: Outcome, expected: Expected) -> None:
         self.calls += 1
@@ -457,6 +479,8 @@ class Tally:
         self.kinds["tools" if spec.tools else "no tools"] += 1
         if o.problem:
             self.problems[o.problem] += 1
+            if len(self.samples) < 10:
+                self.samples.append(f"{o.problem}: {o.spec} → {o.detail}")
         if o.result != "hung" and o.seconds > DEADLINE_S + 1.0:
             self.late += 1
         if o.result != "ok":
@@ -653,6 +677,8 @@ def scorecard(s: Soak, backends: Backends, args: argparse.Namespace) -> int:
     faults = Counter(e.split()[2] for e in backends.timeline.events if " f1 " in e and not e.endswith("healthy"))
     print(f"  {'driver: SIGKILLs':<58} " + ", ".join(f"{k} ×{n}" for k, n in sorted(kills.items())))
     print(f"  {'driver: f1 fault windows':<58} " + ", ".join(f"{k} ×{n}" for k, n in sorted(faults.items())))
+    for sample in t.samples:
+        print(f"  problem call: {sample}")
     print(f"must-be-zero lines not zero: {failing}")
     return failing
 
