@@ -1,6 +1,7 @@
 """Fault scorecard and hedging's effect on tail latency, against real misbehaving loopback servers.
 
     python bench/faults.py [--quick] [--repeat N] [--requests 1500] [--concurrency 16] [--seed 7]
+                           [--no-recovery] [--outage-s 60] [--every-s 4]
 
 Not a test (pytest never collects it): it prints figures for a person to read.
 
@@ -26,6 +27,12 @@ Not a test (pytest never collects it): it prints figures for a person to read.
    backend gets the same sequence of TTFTs (seeded, by its request number) in every run. If the
    router does not accept the `hedge` key, or accepts it but a probe shows no call is ever
    hedged, the section says so and is skipped (exit status 0).
+
+3. **Back on the primary after an outage.** The issue's scenario with the router's defaults: alias
+   `primary` (a) falling back to `backup` (b), `ordered`; a answers 503 for `--outage-s` (60),
+   then is healthy; one call every `--every-s` (4). Prints the seconds from a's recovery to the
+   first call it served again, and what the outage cost: calls that waited on a failed attempt
+   at a (and for how long), and the requests a received while down. `--no-recovery` skips it.
 
 The fault server runs in a thread of this process, so it shares the GIL with the router: at
 concurrency 16 on a small machine latencies include some of its work. Compare rows within a run.
@@ -719,6 +726,80 @@ def print_scorecard(results: list[tuple[Scenario, list[Run]]], repeat: int, elap
     return failing
 
 
+# --- back on the primary after an outage ----------------------------------------------------
+
+
+@dataclass
+class Recovery:
+    """What the outage-then-recovery run showed (times in seconds since the outage began)."""
+
+    calls: list[tuple[float, str, list[tuple[str, str, float]]]]
+    """Each call: when it began, who served it, its attempts (backend, outcome, seconds)."""
+    outage_s: float
+    primary_down_requests: int
+
+    @property
+    def back_after_s(self) -> float | None:
+        """From the primary's recovery to the start of the first call it served again."""
+        back = [t for t, served, _ in self.calls if t >= self.outage_s and served == "a"]
+        return back[0] - self.outage_s if back else None
+
+    @property
+    def probe_waits(self) -> list[float]:
+        """Per call during the outage that tried the dead primary: the seconds it waited on it."""
+        waits = []
+        for t, _, attempts in self.calls:
+            failed = [s for b, o, s in attempts if b == "a" and o not in ("ok", *NOT_SENT)]
+            if t < self.outage_s and failed:
+                waits.append(sum(failed))
+        return waits
+
+
+async def recovery_run(server: FaultServer, *, outage_s: float, every_s: float, after_s: float) -> Recovery:
+    """The issue's scenario with the router's default timeouts, retries and circuit: alias `primary`
+    (a) falling back to `backup` (b), `ordered`; a answers 503 for `outage_s`, then is healthy; one
+    non-streamed call every `every_s` (the first 1 s in), until `after_s` past the recovery."""
+    import router as rt
+
+    reset(server)
+    cfg = {k: v for k, v in fault_config(server).items() if k not in ("timeouts", "retry")}
+    calls: list[tuple[float, str, list[tuple[str, str, float]]]] = []
+    async with rt.AsyncRouter.from_config(cfg) as client:
+        server.script("a", down_for(outage_s, status(503), ok("from a")))
+        k = 0
+        while (due := 1.0 + k * every_s) < outage_s + after_s:
+            await asyncio.sleep(max(0.0, due - server.now("a")))
+            begun = server.now("a")
+            try:
+                route = rt.route_of(await client.chat.completions.create(model="primary", messages=HI))
+            except Exception as exc:
+                route = getattr(exc, "route", None)
+            attempts = [(a.backend, a.outcome, a.seconds) for a in route.attempts] if route else []
+            calls.append((begun, (route.backend if route else None) or "—", attempts))
+            k += 1
+    down = sum(1 for r in server.requests("a") if r.at < outage_s)
+    return Recovery(calls, outage_s, down)
+
+
+def print_recovery(r: Recovery, every_s: float) -> None:
+    """One paragraph: seconds to return, and what the outage cost the callers."""
+    back = r.back_after_s
+    waits = r.probe_waits
+    during = sum(1 for t, _, _ in r.calls if t < r.outage_s)
+    served = Counter(s for _, s, _ in r.calls)
+    most = max(
+        (sum(1 for b, o, _ in a if b == "a" and o not in NOT_SENT) for t, _, a in r.calls if t < r.outage_s), default=0
+    )
+    print(
+        f"Outage and recovery (defaults; a 503 for {r.outage_s:g}s, one call every {every_s:g}s): "
+        + (f"back on the primary {back:.1f}s after it recovered" if back is not None else "never back on the primary")
+        + f"; {during} calls during the outage, {len(waits)} of them waited on a failed attempt at the primary "
+        f"(max {max(waits, default=0.0) * 1e3:.0f} ms, at most {most} attempt(s) at it in one call"
+        f"); the primary saw {r.primary_down_requests} requests while down; served: "
+        + " ".join(f"{b}×{n}" for b, n in sorted(served.items()))
+    )
+
+
 # --- hedging ------------------------------------------------------------------------------
 
 HEDGE_BACKENDS = ("h1", "h2", "h3")
@@ -1038,6 +1119,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=None, help="scorecard: only scenarios whose name contains this")
     parser.add_argument("--no-scorecard", action="store_true")
     parser.add_argument("--no-hedging", action="store_true")
+    parser.add_argument("--no-recovery", action="store_true", help="skip the outage-and-recovery run")
+    parser.add_argument("--outage-s", type=float, default=60.0, help="recovery run: seconds the primary is down")
+    parser.add_argument("--every-s", type=float, default=4.0, help="recovery run: seconds between calls")
+    parser.add_argument("--after-s", type=float, default=16.0, help="recovery run: seconds watched after recovery")
     args = parser.parse_args(argv)
     if args.requests is None:
         args.requests = 300 if args.quick else 1500
@@ -1060,6 +1145,10 @@ async def amain(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             results = await scorecard(server, args.repeat, args.only)
             print_scorecard(results, args.repeat, time.perf_counter() - started)
+        if not args.no_recovery:
+            print(f"recovery run ({args.outage_s + args.after_s:g}s):", file=sys.stderr, flush=True)
+            r = await recovery_run(server, outage_s=args.outage_s, every_s=args.every_s, after_s=args.after_s)
+            print_recovery(r, args.every_s)
         if args.no_hedging:
             return 0
         print()

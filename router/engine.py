@@ -295,6 +295,8 @@ class RouterEngine:
                 self.stats.observe_server_load,
                 interval_s=probes.interval_s,
                 timeout_s=probes.timeout_s,
+                max_backoff=2.0,  # a dead server is polled every 2 intervals: its return is news for its circuit
+                on_answer_again=self.path.server_answers_again,
             )
             tasks.start_soon(poller.run)
         if self.shared is not None:

@@ -17,7 +17,11 @@ from typing import Any
 import anyio
 import pytest
 
+from providers import FailureKind
 from router import AsyncRouter
+from router.config import CircuitConfig
+from router.path.circuit import Circuits, CircuitState
+from router.path.shared import SharedState
 from tests.fault_server import FaultServer, ok, status
 from tests.redis_server import RedisServer, redis_fixture
 
@@ -153,3 +157,27 @@ async def test_headroom_latency_and_in_flight_are_shared(redis_server: RedisServ
                 record = await second.explain(model="m", messages=hi)
                 assert [line.candidate for line in record.ranking] == ["b/m", "a/m"]  # a ranks last until reset
     assert fault.count("a") == 1
+
+
+@pytest.mark.anyio
+async def test_a_circuit_closed_by_a_load_probe_is_withdrawn_from_redis(redis_server: RedisServer) -> None:
+    """Closed early (its server answers load probes again), a circuit is not re-opened by its own opening
+    read back from Redis, and the other processes stop re-applying it."""
+    here, there = Circuits(CircuitConfig(failures=1, cooldown_s=30, jitter=0)), Circuits()
+    shared, peer = SharedState(redis_server.url, refresh_s=0.05), SharedState(redis_server.url, refresh_s=0.05)
+    here.on_open, here.on_close = shared.circuit_opened, shared.circuit_closed
+    try:
+        now = anyio.current_time()
+        here.record("a/m", now, failure=FailureKind.SERVER_ERROR)
+        await shared.sync(here, ["a/m"])
+        await peer.sync(there, ["a/m"])
+        assert there.view("a/m", now).state is CircuitState.OPEN  # shared, as before
+        assert here.server_answered("a/m", now)
+        await shared.sync(here, ["a/m"])
+        assert here.view("a/m", anyio.current_time()).state is CircuitState.CLOSED
+        fresh = Circuits()
+        await peer.sync(fresh, ["a/m"])
+        assert fresh.view("a/m", anyio.current_time()).state is CircuitState.CLOSED
+    finally:
+        await shared.aclose()
+        await peer.aclose()

@@ -17,12 +17,14 @@ from router.config.eligibility import Serves
 from router.config.rules import RuleBook
 from router.config.schema import (
     CacheOverride,
+    CircuitConfig,
     Constraints,
     HedgePolicy,
     RetryPolicy,
     RouterConfig,
     StreamPolicy,
     Timeouts,
+    merge_circuit,
     merge_retry,
     merge_timeouts,
 )
@@ -39,6 +41,8 @@ class Deployment:
     serves: Serves
     price_fixed: bool
     """The price comes from config, not from the provider's (time-dependent) list."""
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    """When its circuit opens and how long it cools down: top level ← backend ← alias, field by field."""
     _price_hour: int = field(default=-1, repr=False)
 
     def candidate_at(self, when: datetime) -> Candidate:
@@ -127,7 +131,10 @@ class RouteTable:
                     response_state=adapter.keeps_response_state,
                 )
                 timeouts = merge_timeouts(config.timeouts, backend.timeouts, model.timeouts)
-                deployment = Deployment(candidate, adapter, timeouts, serves, price_fixed=price is not None)
+                circuit = merge_circuit(config.circuit, backend.circuit, model.circuit)
+                deployment = Deployment(
+                    candidate, adapter, timeouts, serves, price_fixed=price is not None, circuit=circuit
+                )
                 deployments.append(deployment)
                 by_model.setdefault(entry.model, {}).setdefault(candidate.id, deployment)
             self.routes[alias] = ModelRoute(
@@ -173,6 +180,15 @@ class RouteTable:
     def deployment(self, candidate_id: str) -> Deployment | None:
         """The deployment with this `backend/model` id, wherever it is configured."""
         return self._by_id.get(candidate_id)
+
+    def circuit_settings(self) -> dict[str, CircuitConfig]:
+        """Each deployment's circuit settings by `backend/model` id (one circuit per id: the first
+        alias that configures the id decides, as for `deployment()`)."""
+        return {candidate_id: d.circuit for candidate_id, d in self._by_id.items()}
+
+    def candidates_of(self, backend: str) -> list[str]:
+        """The `backend/model` ids served by one backend (what a load probe of it speaks for)."""
+        return [candidate_id for candidate_id, d in self._by_id.items() if d.candidate.backend == backend]
 
     def probe_targets(self) -> dict[str, LoadReporter]:
         """Backends whose servers report their own load (vLLM, llama.cpp), by backend name."""

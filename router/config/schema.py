@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -107,6 +107,8 @@ class BackendConfig(_Strict):
     api_key: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: TimeoutsOverride | None = None
+    circuit: CircuitOverride | None = None
+    """Over the top-level `circuit`, field by field (an alias's `circuit` beats this)."""
 
 
 class PriceConfig(_Strict):
@@ -163,14 +165,53 @@ class Constraints(_Strict):
 
 
 class CircuitConfig(_Strict):
-    """When a deployment's circuit opens and how long it stays open (`router/circuit.py`)."""
+    """When a deployment's circuit opens and how long it stays open (`router/path/circuit.py`).
+
+    See README "Circuit breaking" for why these defaults: a few seconds of cooldown at most, so a
+    recovered deployment is back in use within seconds even when calls are rare."""
 
     failures: int = Field(5, ge=1)
     error_rate: float = Field(0.5, gt=0, le=1)
     window_s: float = Field(30.0, gt=0)
     min_requests: int = Field(10, ge=1)
-    cooldown_s: float = Field(5.0, gt=0)
-    max_cooldown_s: float = Field(120.0, gt=0)
+    cooldown_s: float = Field(1.0, gt=0)
+    """The first opening's cooldown; each failed probe doubles it, up to `max_cooldown_s`."""
+    max_cooldown_s: float = Field(5.0, gt=0)
+    """The cap of the doubling; never below `cooldown_s` (a larger `cooldown_s` alone means no doubling)."""
+    jitter: float = Field(0.2, ge=0, lt=1)
+    """Each cooldown is shortened by a random share of at most this, so processes don't probe in step."""
+
+    @model_validator(mode="after")
+    def _cap_above_start(self) -> CircuitConfig:
+        return _cap_check(self)
+
+
+class CircuitOverride(_Strict):
+    """A backend's or an alias's circuit settings: only the fields given replace the inherited ones."""
+
+    failures: int | None = Field(None, ge=1)
+    error_rate: float | None = Field(None, gt=0, le=1)
+    window_s: float | None = Field(None, gt=0)
+    min_requests: int | None = Field(None, ge=1)
+    cooldown_s: float | None = Field(None, gt=0)
+    max_cooldown_s: float | None = Field(None, gt=0)
+    jitter: float | None = Field(None, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _cap_above_start(self) -> CircuitOverride:
+        return _cap_check(self)
+
+
+_Circuit = TypeVar("_Circuit", CircuitConfig, CircuitOverride)
+
+
+def _cap_check(circuit: _Circuit) -> _Circuit:
+    """Both given, the cap must not be below the start (one given alone can't contradict the other)."""
+    cap, start = circuit.max_cooldown_s, circuit.cooldown_s
+    both = {"cooldown_s", "max_cooldown_s"} <= circuit.model_fields_set
+    if both and cap is not None and start is not None and cap < start:
+        raise ValueError(f"max_cooldown_s ({cap:g}) is below cooldown_s ({start:g})")
+    return circuit
 
 
 class CacheConfig(_Strict):
@@ -250,6 +291,8 @@ class ModelConfig(_Strict):
     streams: StreamPolicy | None = None
     hedge: HedgePolicy | None = None
     cache: CacheOverride | None = None
+    circuit: CircuitOverride | None = None
+    """Over the backend's and the top-level `circuit`, field by field, for this alias's deployments."""
 
 
 class RuleMatch(_Strict):
@@ -347,17 +390,30 @@ class RouterConfig(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
 
-def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:
-    """Apply overrides in order; later ones win field by field."""
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
+
+def merge_fields(base: _Settings, *overrides: BaseModel | None) -> _Settings:
+    """Apply overrides in order; later ones win field by field (a field left out or None inherits)."""
     for override in overrides:
         if override is not None:
             base = base.model_copy(update=override.model_dump(exclude_none=True))
     return base
 
 
+def merge_timeouts(base: Timeouts, *overrides: TimeoutsOverride | None) -> Timeouts:
+    """Apply overrides in order; later ones win field by field."""
+    return merge_fields(base, *overrides)
+
+
 def merge_retry(base: RetryPolicy, override: RetryOverride | None) -> RetryPolicy:
     """Apply an alias's retry override to the router's."""
-    return base if override is None else base.model_copy(update=override.model_dump(exclude_none=True))
+    return merge_fields(base, override)
+
+
+def merge_circuit(base: CircuitConfig, *overrides: CircuitOverride | None) -> CircuitConfig:
+    """A deployment's circuit: the top level, then its backend's, then its alias's, field by field."""
+    return merge_fields(base, *overrides)
 
 
 # --- errors that point at the file -------------------------------------------------------

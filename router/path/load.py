@@ -2,7 +2,8 @@
 
 Each target gets its own task: a slow or dead server delays only its own probes. A target is
 probed at most once per interval and never twice at once; one that stops answering is probed
-less often (doubling up to `max_backoff`× the interval) until it answers again.
+less often (doubling up to `max_backoff`× the interval) until it answers again; then
+`on_answer_again(name)` is told (the router takes it as evidence of health, see `circuit.py`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class LoadPoller:
         interval_s: float = 2.0,
         timeout_s: float = 1.0,
         max_backoff: float = 8.0,
+        on_answer_again: Callable[[str], None] | None = None,
     ) -> None:
         """Poll `targets` (name → adapter) every `interval_s`; a probe may take `timeout_s` at most."""
         if interval_s <= 0 or timeout_s <= 0 or max_backoff < 1:
@@ -49,6 +51,7 @@ class LoadPoller:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._max_backoff = max_backoff
+        self._on_answer_again = on_answer_again
 
     async def run(self) -> None:
         """Poll every target until cancelled (run it in the router's task group)."""
@@ -77,6 +80,7 @@ class LoadPoller:
             await anyio.sleep_until(next_at)
             started = anyio.current_time()
             load, error = await self._probe(name, target)
+            self._deliver(name, load)
             if load is None:
                 failures += 1
                 if failures == 1:
@@ -86,8 +90,8 @@ class LoadPoller:
             else:
                 if failures:
                     logger.info("load probe: %s answers again after %d failed probes", name, failures)
+                    self._answers_again(name)
                 failures = 0
-            self._deliver(name, load)
             delay = self._interval_s * min(2.0**failures, self._max_backoff)
             next_at = max(started + delay, anyio.current_time())
 
@@ -102,6 +106,15 @@ class LoadPoller:
                 logger.debug("load probe of %s raised", name, exc_info=True)
                 return None, f"{type(exc).__name__}: {exc}"
         return None, f"no answer within {self._timeout_s * _BACKSTOP:g}s"
+
+    def _answers_again(self, name: str) -> None:
+        """Tell `on_answer_again`; its exceptions are logged and swallowed so polling goes on."""
+        if self._on_answer_again is None:
+            return
+        try:
+            self._on_answer_again(name)
+        except Exception:
+            logger.exception("on_answer_again failed for %s", name)
 
     def _deliver(self, name: str, load: ServerLoad | None) -> None:
         """Call the sink; its exceptions are logged and swallowed so polling goes on."""

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -43,7 +43,7 @@ from router.config import HedgePolicy, RetryPolicy, StreamPolicy, Timeouts, Time
 from router.config.eligibility import Exclusion, Limits, RequestFacts, exclusion_reason, names_match, request_facts
 from router.config.routes import Deployment, ModelRoute, RouteTable
 from router.errors import cache_miss, no_candidates, to_caller_error
-from router.path.circuit import Circuits
+from router.path.circuit import Admission, Circuits
 from router.path.events import CallInfo, CircuitChange, Observers
 from router.path.hints import RouteHints
 from router.path.homes import ResponseHomes
@@ -95,6 +95,8 @@ class Call:
     extra_query: Mapping[str, Any] | None = None
     endpoint: str = "chat"
     """Which OpenAI endpoint the call is for: `chat`, `completions`, `embeddings` or `responses`."""
+    failed_probes: set[str] = field(default_factory=set)
+    """Deployments this call probed (half-open) in vain: not retried, the call moves on."""
 
 
 @dataclass(slots=True)
@@ -140,18 +142,26 @@ class RequestPath:
         self._policies: dict[str, Policy] = {}
         self.circuits = circuits or Circuits(table.config.circuit)
         """Shared across reloads: a deployment's health outlives the config that named it."""
-        self.circuits.config = table.config.circuit
+        self.circuits.configure(table.config.circuit, table.circuit_settings())
         self._hedges = _HedgeBudget()
         self.cache = cache
         self.shared = shared
         self.observers = observers or Observers()
         self.circuits.on_open = shared.circuit_opened if shared is not None else None
+        self.circuits.on_close = shared.circuit_closed if shared is not None else None
         self.circuits.on_change = self._circuit_changed
         self.homes = homes if homes is not None else ResponseHomes()
         """Which deployment holds each stored Responses answer (shared across reloads)."""
 
     def _circuit_changed(self, candidate_id: str, previous: str, state: str, why: str) -> None:
         self.observers.circuit_changed(CircuitChange(candidate_id, previous, state, why))
+
+    def server_answers_again(self, backend: str) -> None:
+        """A self-hosted server answers load probes again after failing to: its deployments' circuits
+        may close now, without a caller paying for a probe (the load poller calls this)."""
+        now = anyio.current_time()
+        for candidate_id in self.table.candidates_of(backend):
+            self.circuits.server_answered(candidate_id, now)
 
     # 1. resolve -------------------------------------------------------------------------
 
@@ -788,6 +798,7 @@ class RequestPath:
             now = anyio.current_time()
             return (
                 call.panic
+                or deployment.candidate.id in call.failed_probes  # a failed probe is one attempt, never retried
                 or self._unhealthy(deployment.candidate.id, now)  # don't wait out a backoff only to be refused
                 or state.attempt_number >= retry.attempts_per_deployment
                 or call.attempts_left <= 0
@@ -840,7 +851,9 @@ class RequestPath:
             _failed(attempt, failure, 0.0)
             attempt.sent = False
             raise
-        if not call.panic and not self.circuits.admit(candidate.id, started):
+        admission = Admission.ADMITTED if call.panic else self.circuits.admit(candidate.id, started)
+        probe = admission is Admission.PROBE
+        if not admission:
             shut = Overloaded(
                 f"{candidate.id}: {self.circuits.blocked(candidate.id, started)}; not sent", retryable=False
             )
@@ -854,7 +867,7 @@ class RequestPath:
         ):
             if slot is not None and self.shared is not None:
                 await self.shared.give_slot(candidate.id, slot)
-            self.circuits.release(candidate.id)
+            self.circuits.release(candidate.id, probe=probe)
             full = Overloaded(f"{candidate.id}: at its concurrency cap ({cap} in flight); not sent", retryable=False)
             _failed(attempt, full, 0.0)
             attempt.outcome, attempt.sent = "at_capacity", False
@@ -869,7 +882,9 @@ class RequestPath:
             _failed(attempt, failure, now - started)
             self.observers.attempt_ended(call.info, attempt)
             await self._give_back(candidate.id, slot)
-            self._observe_failure(candidate.id, failure, now)
+            self._observe_failure(candidate.id, failure, now, probe=probe)
+            if probe:
+                call.failed_probes.add(candidate.id)
             raise
         except BaseException:
             now = anyio.current_time()
@@ -878,7 +893,7 @@ class RequestPath:
                 attempt.outcome = "cancelled"
             attempt.seconds = now - started
             self.observers.attempt_ended(call.info, attempt)
-            self.circuits.release(candidate.id)
+            self.circuits.release(candidate.id, probe=probe)
             await self._give_back(candidate.id, slot)
             raise
         if call.stream:  # the slot is held (and the attempt open) until the stream ends
@@ -886,7 +901,7 @@ class RequestPath:
         else:
             await self._give_back(candidate.id, slot)
             result_slot = None
-        self.circuits.record(candidate.id, anyio.current_time(), failure=None)
+        self.circuits.record(candidate.id, anyio.current_time(), failure=None, probe=probe)
         attempt.seconds = anyio.current_time() - started
         if not call.stream:
             self.observers.attempt_ended(call.info, attempt)
@@ -916,10 +931,15 @@ class RequestPath:
             return t.first_token_s, False
         return min(t.first_token_s, max(t.adaptive_floor_s, observed * t.adaptive_factor)), True
 
-    def _observe_failure(self, candidate_id: str, failure: ProviderError, now: float) -> None:
+    def _observe_failure(self, candidate_id: str, failure: ProviderError, now: float, *, probe: bool) -> None:
         """What a failure says about the deployment's health and headroom."""
         self.circuits.record(
-            candidate_id, now, failure=failure.kind, message=failure.message, retry_after=failure.retry_after
+            candidate_id,
+            now,
+            failure=failure.kind,
+            message=failure.message,
+            retry_after=failure.retry_after,
+            probe=probe,
         )
         if failure.headers:
             self.stats.observe_rate_limits(candidate_id, parse_rate_limits(failure.headers), now)

@@ -94,6 +94,11 @@ class SharedState:
         """Queue a circuit opening for the next publish (called from the circuit, synchronously)."""
         self._outbox[candidate_id] = (until_epoch, why)
 
+    def circuit_closed(self, candidate_id: str) -> None:
+        """Queue the withdrawal of this process's opening (its circuit closed before the opening's end),
+        so the next read-back doesn't re-open it here."""
+        self._outbox[candidate_id] = (0.0, "")
+
     async def sync(self, circuits: Circuits, candidate_ids: Iterable[str], stats: MemoryStats | None = None) -> None:
         """Publish this process's circuit openings and stats; apply the other processes' ones."""
         ids = list(candidate_ids)
@@ -103,8 +108,11 @@ class SharedState:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for candidate_id, (until, why) in outbox.items():
-                    ttl_ms = max(1, int((until - now_epoch) * 1000))
-                    pipe.set(self._prefix + "circuit:" + candidate_id, f"{until}|{why}", px=ttl_ms)
+                    ttl_ms = int((until - now_epoch) * 1000)
+                    if ttl_ms <= 0:
+                        pipe.delete(self._prefix + "circuit:" + candidate_id)
+                    else:
+                        pipe.set(self._prefix + "circuit:" + candidate_id, f"{until}|{why}", px=ttl_ms)
                 for candidate_id in ids if stats is not None else ():
                     report = stats.local_report(candidate_id, now) if stats is not None else None
                     if report is not None:
