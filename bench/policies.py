@@ -717,12 +717,12 @@ def report(
     if "least-loaded" in by_label and RANDOM in by_label:
         ll, rnd = by_label["least-loaded"], by_label[RANDOM]
         ratio = ll.p(99) / rnd.p(99)
-        verdict(
-            "least-loaded p99 <= 0.7x uniform random's",
-            ratio <= 0.7,
-            f"{ratio:.2f}x ({fmt_ms(ll.p(99))} vs {fmt_ms(rnd.p(99))} ms)",
-        )
-    else:
+        detail = f"{ratio:.2f}x ({fmt_ms(ll.p(99))} vs {fmt_ms(rnd.p(99))} ms)"
+        if args.scenario == "mixed":
+            verdict("least-loaded p99 <= 0.7x uniform random's", ratio <= 0.7, detail)
+        else:  # the 0.7x target was set for the mixed fleet
+            lines.append(f"  least-loaded p99 vs uniform random's (no target in this scenario): {detail}")
+    elif args.scenario == "mixed":
         verdict("least-loaded p99 <= 0.7x uniform random's", None, "needs least-loaded and the random baseline")
     if ranks:
         small, large = min(args.rank_sizes), max(args.rank_sizes)

@@ -95,10 +95,10 @@ def good_events() -> list[dict[str, Any]]:
 def mutate(data: dict[str, Any], path: tuple[Any, ...], value: Any, delete: bool) -> None:
     """Set (or delete) `path` in `data`, creating parents as dicts; a parent of the wrong type is replaced."""
     node: Any = data
-    for key in path[:-1]:
+    for key, below in zip(path[:-1], path[1:], strict=True):
         child = node[key] if _has(node, key) else None
-        if not isinstance(child, (dict, list)) or (isinstance(child, list) and not child):
-            child = {} if not isinstance(path[path.index(key) + 1], int) else [{}]
+        if not (isinstance(child, dict) or (isinstance(child, list) and child and isinstance(below, int))):
+            child = [{}] if isinstance(below, int) else {}
             node[key] = child
         node = child
     last = path[-1]
