@@ -478,8 +478,9 @@ def _unreadable(response: ChatCompletion | ChatCompletionChunk) -> str | None:
             return "a choice is not an object"
         if isinstance(choice.index, bool) or not isinstance(choice.index, int):
             return "a choice's index is not an integer"
-        if not isinstance(choice.finish_reason, str if not is_chunk else (str, type(None))):
-            return "finish_reason is not a string"  # a whole answer without one may have been cut
+        finish_types = (str, type(None)) if is_chunk else str  # a whole answer without one may have been cut
+        if not isinstance(choice.finish_reason, finish_types):
+            return "finish_reason is not a string"
         body: Any = getattr(choice, "delta" if is_chunk else "message")
         if not isinstance(body, ChoiceDelta if is_chunk else ChatCompletionMessage):
             return "delta/message is not an object"

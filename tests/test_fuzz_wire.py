@@ -11,6 +11,7 @@ and never a stream that did not finish yet ends cleanly.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -95,7 +96,7 @@ def good_events() -> list[dict[str, Any]]:
 def mutate(data: dict[str, Any], path: tuple[Any, ...], value: Any, delete: bool) -> None:
     """Set (or delete) `path` in `data`, creating parents as dicts; a parent of the wrong type is replaced."""
     node: Any = data
-    for key, below in zip(path[:-1], path[1:], strict=True):
+    for key, below in itertools.pairwise(path):
         child = node[key] if _has(node, key) else None
         if not (isinstance(child, dict) or (isinstance(child, list) and child and isinstance(below, int))):
             child = [{}] if isinstance(below, int) else {}
