@@ -9,7 +9,8 @@ Each backend has:
 * `capacity`      concurrent slots; requests beyond it queue FIFO (the wait counts as TTFT);
 * `error_rate`    share of requests answered at once with `error_status` (503 or 500);
 * `slow_at_s`, `slow_factor`  from `slow_at_s` seconds after the start signal, requests
-                  that get a slot have TTFT × factor and tokens/s ÷ factor.
+                  that get a slot have TTFT × factor and tokens/s ÷ factor;
+* `slow_until_s`  ... until this many seconds after the start signal (None: for good).
 
 Endpoints, on every port:
 
@@ -65,6 +66,13 @@ class SimBackend:
     jitter: float = 0.1
     slow_at_s: float | None = None
     slow_factor: float = 1.0
+    slow_until_s: float | None = None
+
+    def slowed_at(self, elapsed_s: float) -> bool:
+        """Whether a request that gets a slot `elapsed_s` after the start signal is slowed."""
+        if self.slow_at_s is None or elapsed_s < self.slow_at_s:
+            return False
+        return self.slow_until_s is None or elapsed_s < self.slow_until_s
 
     def __post_init__(self) -> None:
         if self.ttft_s < 0 or self.tokens_per_s <= 0 or self.capacity < 1:
@@ -75,12 +83,12 @@ class SimBackend:
 
 _SHORT = {
     "ttft": "ttft_s", "tps": "tokens_per_s", "cap": "capacity", "err": "error_rate", "status": "error_status",
-    "slow_at": "slow_at_s", "slow_x": "slow_factor",
+    "slow_at": "slow_at_s", "slow_x": "slow_factor", "slow_until": "slow_until_s",
 }  # fmt: skip
 
 
 def parse_backend(text: str) -> tuple[SimBackend, dict[str, str]]:
-    """`name:ttft=0.1,tps=200,cap=16,err=0.05,status=500,jitter=0.1,slow_at=15,slow_x=4` →
+    """`name:ttft=0.1,tps=200,cap=16,err=0.05,status=500,jitter=0.1,slow_at=15,slow_x=4,slow_until=20` →
     (backend, the key=value pairs that are not backend fields, for the caller's own use)."""
     name, _, rest = text.partition(":")
     if not name:
@@ -355,7 +363,7 @@ class Fleet:
         loop = self.loop
         try:
             factor = 1.0
-            if spec.slow_at_s is not None and loop.time() - self.t0 >= spec.slow_at_s:
+            if spec.slowed_at(loop.time() - self.t0):
                 factor = spec.slow_factor
                 state.slowed += 1
             ttft = spec.ttft_s * factor * (1.0 + spec.jitter * (2.0 * rng.random() - 1.0))

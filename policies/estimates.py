@@ -167,6 +167,27 @@ def load(candidate: Candidate, stats: DeploymentStats | None) -> float:
     return n / cap
 
 
+def expected_completion_s(candidate: Candidate, stats: DeploymentStats | None, request: RequestProfile) -> float:
+    """Expected seconds until this request is answered, counting the requests already there.
+
+    `expected_duration_s` × (1 + outstanding ÷ capacity): each outstanding request (ours in flight
+    and the queue the server reports) takes a share of the deployment for about one service time,
+    spread over its slots. With no capacity known this is Tower's peak-EWMA load, `rtt × (pending
+    + 1)` (one slot assumed); with `max_concurrency` or reported slots, a deployment that serves
+    many at once is charged little for each. A capacity of 0 never completes (infinite).
+    """
+    duration = expected_duration_s(candidate, stats, request)
+    n = outstanding(stats)
+    if n <= 0:
+        return duration
+    cap = capacity(candidate, stats)
+    if cap is None:
+        cap = 1
+    elif cap <= 0:
+        return _INF
+    return duration * (1.0 + n / cap)
+
+
 def at_capacity(candidate: Candidate, stats: DeploymentStats | None) -> bool:
     """Whether the deployment already has `max_concurrency` of our requests in flight."""
     cap = candidate.max_concurrency
@@ -180,6 +201,7 @@ __all__ = [
     "DEFAULT_TTFT_S",
     "at_capacity",
     "capacity",
+    "expected_completion_s",
     "expected_cost_usd",
     "expected_duration_s",
     "expected_tokens_per_s",

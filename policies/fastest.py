@@ -1,4 +1,5 @@
-"""`fastest`: the shortest expected response time for this request first, with occasional probes."""
+"""`fastest`: the shortest expected completion time for this request first (the wait behind the
+requests already there included), with occasional probes."""
 
 from __future__ import annotations
 
@@ -7,48 +8,11 @@ import random
 from collections.abc import Sequence
 
 from policies.base import Candidate, DeploymentStats, RequestProfile, StatsView
-from policies.estimates import expected_tokens_per_s, prior_ttft_s
+from policies.estimates import expected_completion_s
 
 DEFAULT_PROBE_AFTER_S = 30.0
 DEFAULT_PROBE_RATE = 0.02
 _NEVER = -math.inf
-
-
-def ranking_duration_s(candidate: Candidate, stats: DeploymentStats | None, request: RequestProfile) -> float:
-    """`estimates.expected_duration_s`, with the herding guard: while a deployment has requests in
-    flight, its time to first token counts as no less than its prior TTFT.
-
-    The stats' peak-EWMA decays toward zero while a deployment is unused, so an idle one looks
-    fast and is retried: rediscovery for free. Its first retry puts a request in flight, but until
-    that request answers the estimate stays decayed, and every concurrent caller would pick it
-    too. So a deployment that is busy is not believed faster than its prior (`prior_ttft_s` from
-    config, else `estimates.DEFAULT_TTFT_S`) at the part of the estimate that decays; the decode
-    speed (a plain EWMA) still counts. Idle deployments are ranked by their estimate as is.
-
-    The cost: a busy deployment that really is faster than its prior is ranked as if it were no
-    faster (with the 1 s default, a busy 0.2 s deployment counts as 1 s, and an idle 0.3 s one
-    goes ahead of it). Set `prior_ttft_s` near a deployment's real TTFT to keep that small.
-    """
-    if stats is None:
-        return prior_ttft_s(candidate) + request.output_tokens / expected_tokens_per_s(candidate, None)
-    ttft = stats.ttft_s
-    if ttft is None and stats.tokens_per_s is None and stats.latency_s is not None:
-        # Only non-streamed samples: the whole-response latency is the estimate (and decays).
-        latency = stats.latency_s
-        if stats.in_flight > 0:
-            floor = prior_ttft_s(candidate)
-            if latency < floor:
-                return floor
-        return latency
-    prior = prior_ttft_s(candidate)
-    if ttft is None:
-        ttft = stats.latency_s if stats.latency_s is not None and stats.latency_s < prior else prior
-    if stats.in_flight > 0 and ttft < prior:
-        ttft = prior
-    tps = stats.tokens_per_s
-    if tps is None or tps <= 0.0:
-        tps = expected_tokens_per_s(candidate, None)
-    return ttft + request.output_tokens / tps
 
 
 def _unmeasured(stats: DeploymentStats | None) -> bool:
@@ -65,7 +29,14 @@ def _unmeasured(stats: DeploymentStats | None) -> bool:
 
 
 class Fastest:
-    """Rank by expected response time (`ranking_duration_s`), ascending; ties by config order.
+    """Rank by expected completion time (`estimates.expected_completion_s`), ascending; ties by config order.
+
+    Completion time is the request's own expected duration (TTFT + output tokens ÷ decode speed,
+    from the live peak-EWMA estimates, else the configured priors) × (1 + outstanding ÷ capacity):
+    the wait the requests already there imply, as in Tower's `rtt × (pending + 1)`, spread over the
+    deployment's slots when `max_concurrency` or the server's slot count is known. That term is
+    also what keeps concurrent callers from herding onto an idle deployment whose estimate has
+    decayed: each request sent there raises its cost until its answer brings a real sample.
 
     Before a deployment has samples its configured priors stand in; one with neither samples nor
     a configured prior (nor a request in flight) goes first, once, so it gets measured rather than
@@ -74,7 +45,8 @@ class Fastest:
     `probe_rate` (one draw from `rng` per call) the stalest such one — never used first, then the
     longest unused, then config order — is moved to the front. At most one is moved per call, and
     a deployment with a request in flight (a probe already under way) is never moved; nor is one
-    whose load probe failed (`probe_ok` False).
+    whose load probe failed (`probe_ok` False). So probes take at most `probe_rate` of calls, and
+    each stale deployment gets about one per `probe_after_s`.
     """
 
     name = "fastest"
@@ -103,7 +75,7 @@ class Fastest:
         unexplored: int | None = None  # index of the first deployment never tried that has no prior
         for i, c in enumerate(candidates):
             s = get(c.id)
-            keyed.append((ranking_duration_s(c, s, request), c.order, i, c))
+            keyed.append((expected_completion_s(c, s, request), c.order, i, c))
             if unexplored is None and c.prior_ttft_s is None and _unmeasured(s):
                 unexplored = i
             if s is None:

@@ -8,6 +8,7 @@ request body and deadlines, and return a parsed response or raise a `ProviderErr
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,11 @@ import anyio
 import httpx2
 import pydantic
 import pydantic_core
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
 
 from providers.catalog import ModelFacts, ModelPrice
 from providers.endpoints import ENDPOINTS, Answered, EventReading, RawEvent, check_answer, usage_from
@@ -97,7 +102,25 @@ def _stated_context_window(message: str, error: Any) -> int | None:
 
 
 def _number(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) else 0
+    """A token count from JSON: a finite, non-negative number, else 0."""
+    return _count(value) or 0
+
+
+def _count(value: Any) -> int | None:
+    """A token count from JSON, or None when it is missing, negative, non-finite or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return int(value)
+
+
+def _usage(prompt: Any, completion: Any, total: Any, cached: Any, reasoning: Any) -> Usage | None:
+    """Normalised usage, or None (unknown) when a main count is missing or not a count: a broken
+    report must not become negative or made-up spending."""
+    counts = (_count(prompt), _count(completion), _count(total))
+    if None in counts:
+        return None
+    p, c, t = cast(tuple[int, int, int], counts)
+    return Usage(p, c, t, _number(cached), _number(reasoning))
 
 
 def _extra(model: pydantic.BaseModel | None, name: str) -> Any:
@@ -126,7 +149,9 @@ class OpenAICompatible:
         "context window",
     )
     content_filter_signatures: ClassVar[tuple[str, ...]] = ("content_filter", "content_policy_violation")
-    truncating_finish_reasons: ClassVar[frozenset[str]] = frozenset()
+    truncating_finish_reasons: ClassVar[frozenset[str]] = frozenset({"abort", "error"})
+    """Finish reasons that mean the server gave up on the answer (vLLM's `abort`, an `error`): a
+    cut answer, never a finished one."""
     supports_prefill: ClassVar[bool] = False
     """Whether the server continues a trailing assistant message instead of answering anew."""
     prefill_path: ClassVar[str | None] = None
@@ -251,22 +276,18 @@ class OpenAICompatible:
         return BadRequest
 
     def usage_of(self, response: ChatCompletion | ChatCompletionChunk) -> Usage | None:
-        """Normalised usage from a response or chunk, or None when it carries none."""
+        """Normalised usage from a response or chunk, or None when it carries none (or a broken one)."""
         usage = response.usage
-        if usage is None:
+        if not isinstance(usage, CompletionUsage):  # a lenient parse keeps whatever JSON was there
             return None
-        cached = 0
-        if usage.prompt_tokens_details is not None:
-            cached = usage.prompt_tokens_details.cached_tokens or 0
-        reasoning = 0
-        if usage.completion_tokens_details is not None:
-            reasoning = usage.completion_tokens_details.reasoning_tokens or 0
-        return Usage(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-            cached_prompt_tokens=cached or _number(_extra(usage, "prompt_cache_hit_tokens")),
-            reasoning_tokens=reasoning,
+        cached = _number(getattr(usage.prompt_tokens_details, "cached_tokens", None))
+        reasoning = getattr(usage.completion_tokens_details, "reasoning_tokens", None)
+        return _usage(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            cached or _extra(usage, "prompt_cache_hit_tokens"),
+            reasoning,
         )
 
     # --- the wire ----------------------------------------------------------------------
@@ -362,6 +383,8 @@ class OpenAICompatible:
         )
         raw = await self._read_body(response, deadlines)
         completion = self._parse_completion(raw, response.headers)
+        if not completion.choices:
+            raise ServerError(f"{self.name}: the response has no choices: {raw[:200]!r}")
         for choice in completion.choices:
             self.check_finish(choice.finish_reason)
         return Completed(completion, self.usage_of(completion), parse_rate_limits(response.headers))
@@ -393,7 +416,10 @@ class OpenAICompatible:
         except ValueError as exc:
             raise ServerError(f"{self.name}: response is not JSON: {raw[:200]!r}") from exc
         if isinstance(data, dict) and "error" in data:
-            raise self.classify(200, data, headers)
+            failure = self.classify(200, data, headers)
+            if type(failure) is BadRequest:  # an error in a 200 that names no cause: the server's, not the request's
+                raise ServerError(f"{failure.message} (an error object in a 200 response)", body=failure.body)
+            raise failure
         return _lenient(ChatCompletion, data, self.name)
 
     async def stream(
@@ -534,12 +560,47 @@ M = TypeVar("M", ChatCompletion, ChatCompletionChunk)
 
 
 def _lenient(model: type[M], data: Any, name: str) -> M:
-    """Build an openai type from JSON that doesn't validate strictly, as the openai SDK does."""
+    """Build an openai type from JSON that doesn't validate strictly, as the openai SDK does, then
+    check the parts the router reads: a shape it cannot use fails here, typed, not later as a crash."""
+    failure = StreamBroken if model is ChatCompletionChunk else ServerError
     if not isinstance(data, dict) or "choices" not in data:
-        raise StreamBroken(f"{name}: unexpected payload: {str(data)[:200]}")
+        raise failure(f"{name}: unexpected payload: {str(data)[:200]}")
     from openai._models import construct_type  # the SDK's own lenient builder
 
-    return cast(M, construct_type(type_=model, value=data))
+    built = cast(M, construct_type(type_=model, value=data))
+    problem = _unreadable(built)
+    if problem is not None:
+        raise failure(f"{name}: unexpected payload ({problem}): {str(data)[:200]}")
+    return built
+
+
+def _unreadable(response: ChatCompletion | ChatCompletionChunk) -> str | None:
+    """What of a leniently built response the router could not read as typed, or None."""
+    choices: Any = response.choices
+    if not isinstance(choices, list):
+        return "choices is not a list"
+    is_chunk = isinstance(response, ChatCompletionChunk)
+    for choice in choices:
+        if not isinstance(choice, ChunkChoice if is_chunk else Choice):
+            return "a choice is not an object"
+        if isinstance(choice.index, bool) or not isinstance(choice.index, int):
+            return "a choice's index is not an integer"
+        finish_types = (str, type(None)) if is_chunk else str  # a whole answer without one may have been cut
+        if not isinstance(choice.finish_reason, finish_types):
+            return "finish_reason is not a string"
+        body: Any = getattr(choice, "delta" if is_chunk else "message")
+        if not isinstance(body, ChoiceDelta if is_chunk else ChatCompletionMessage):
+            return "delta/message is not an object"
+        extra = body.model_extra or {}
+        texts = (body.content, body.refusal, extra.get("reasoning_content"), extra.get("reasoning"))
+        if not all(isinstance(text, (str, type(None))) for text in texts):
+            return "a text field is not a string"
+        calls = body.tool_calls
+        if calls is not None and not (
+            isinstance(calls, list) and all(isinstance(c, pydantic.BaseModel) for c in calls)
+        ):
+            return "tool_calls is not a list of objects"
+    return None
 
 
 def has_token(chunk: ChatCompletionChunk) -> bool:

@@ -22,7 +22,7 @@ class DeepSeekProvider(OpenAICompatible):
     default_base_url = "https://api.deepseek.com"
     api_key_env = "DEEPSEEK_API_KEY"
     requires_api_key = True
-    truncating_finish_reasons = frozenset({"insufficient_system_resource"})
+    truncating_finish_reasons = OpenAICompatible.truncating_finish_reasons | {"insufficient_system_resource"}
     supports_prefill = True
     prefill_path = "/beta/chat/completions"  # chat prefix completion is a beta feature
     endpoints = frozenset({"chat", "completions", "responses"})  # no embeddings; FIM completions on /beta

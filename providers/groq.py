@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from providers.base import OpenAICompatible, Usage, _extra, _number
+from providers.base import OpenAICompatible, Usage, _extra, _usage
 from providers.catalog import GROQ, ModelFacts
 from providers.errors import Overloaded, ProviderError, QuotaExceeded, StreamBroken, Unsupported
 
@@ -66,12 +66,12 @@ class GroqProvider(OpenAICompatible):
         usage = x_groq.get("usage") if isinstance(x_groq, dict) else None
         if not isinstance(usage, dict):
             return None
-        details = usage.get("prompt_tokens_details") or {}
-        reasoning = usage.get("completion_tokens_details") or {}
-        return Usage(
-            prompt_tokens=_number(usage.get("prompt_tokens")),
-            completion_tokens=_number(usage.get("completion_tokens")),
-            total_tokens=_number(usage.get("total_tokens")),
-            cached_prompt_tokens=_number(details.get("cached_tokens")),
-            reasoning_tokens=_number(reasoning.get("reasoning_tokens")),
+        details = usage.get("prompt_tokens_details")
+        reasoning = usage.get("completion_tokens_details")
+        return _usage(
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            usage.get("total_tokens"),
+            details.get("cached_tokens") if isinstance(details, dict) else None,
+            reasoning.get("reasoning_tokens") if isinstance(reasoning, dict) else None,
         )

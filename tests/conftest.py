@@ -6,11 +6,14 @@ outside CI it is skipped, so a contributor without the `local` extra can still r
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch as mock_patch
 
 import httpx2
 import pytest
@@ -33,20 +36,49 @@ def require_local_extra() -> None:
         unavailable(f"llama.cpp tests need {', '.join(missing)}: pip install -e '.[test]'")
 
 
+def mockable_client() -> httpx2.AsyncClient:
+    """The backends' client on httpx2's own transport (httpcore2), which respx mocks."""
+    return httpx2.AsyncClient(
+        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
+        timeout=httpx2.Timeout(None, connect=5.0),
+    )
+
+
+@contextlib.contextmanager
+def mocked_backends(**options: Any) -> Iterator[respx.Router]:
+    """respx over httpx2, and routers made meanwhile reaching their backends through it (production
+    sends through aiohttp, `providers/http.py`, which respx does not see): nothing leaves the process."""
+    with respx.mock(using="httpcore2", **options) as mock, mock_patch("router.engine.pooled_client", mockable_client):
+        yield mock
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aiohttp_stays_on_loopback() -> Iterator[None]:
+    """No test reaches the internet: the production transport may only talk to this machine (hosted
+    providers are mocked through `httpx2_mock` / `mocked_backends`, which swap it for httpx2's)."""
+    from providers.http import AiohttpTransport
+
+    original = AiohttpTransport.handle_async_request
+
+    async def loopback_only(self: AiohttpTransport, request: httpx2.Request) -> httpx2.Response:
+        host = request.url.host
+        if not (host in ("localhost", "::1") or host.startswith("127.")):
+            raise AssertionError(
+                f"a test sent {request.method} {request.url} through aiohttp: mock hosted providers with "
+                "the httpx2_mock fixture or tests.conftest.mocked_backends"
+            )
+        return await original(self, request)
+
+    with mock_patch.object(AiohttpTransport, "handle_async_request", loopback_only):
+        yield
+
+
 @pytest.fixture
-def httpx2_mock(httpx2_mock: respx.Router, monkeypatch: pytest.MonkeyPatch) -> respx.Router:
-    """respx mocks httpx2's own transport (httpcore2), so routers made while it is active reach
-    backends through it; everywhere else, loopback-server tests included, they send through
-    aiohttp, as in production (`providers/http.py`)."""
-
-    def mockable() -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
-            timeout=httpx2.Timeout(None, connect=5.0),
-        )
-
-    monkeypatch.setattr("router.engine.pooled_client", mockable)
-    return httpx2_mock
+def httpx2_mock(httpx2_mock: respx.Router) -> Iterator[respx.Router]:
+    """pytest-httpx2's fixture, with routers made while it is active reaching backends through the
+    transport it mocks; everywhere else, loopback-server tests included, they use aiohttp, as in production."""
+    with mock_patch("router.engine.pooled_client", mockable_client):
+        yield httpx2_mock
 
 
 class _EveryLogLine(logging.Handler):

@@ -8,6 +8,7 @@ import random
 import runpy
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,14 @@ from policies.estimates import (
     DEFAULT_TOKENS_PER_S,
     DEFAULT_TTFT_S,
     at_capacity,
+    expected_completion_s,
     expected_cost_usd,
     expected_duration_s,
     expected_tokens_per_s,
     expected_ttft_s,
     load,
 )
-from policies.fastest import Fastest, ranking_duration_s
+from policies.fastest import Fastest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_IN = ["cheapest", "fastest", "least-loaded", "ordered", "weighted"]
@@ -227,27 +229,80 @@ def test_fastest_ties_by_config_order() -> None:
 
 
 def test_fastest_decayed_estimate_does_not_herd() -> None:
-    """An idle deployment's decayed estimate wins (a free retry); once it has a request in flight,
-    the rest are not sent after it until that request answers."""
+    """An idle deployment's decayed estimate wins (a free retry); each request sent there adds its
+    service time of wait (no capacity known), so concurrent callers stop following after a few."""
     steady = cand("steady", 0)
     decayed = cand("decayed", 1)
-    fresh = DeploymentStats(ttft_s=0.4, tokens_per_s=400.0, last_used_at=NOW)
-    idle = DeploymentStats(ttft_s=0.02, tokens_per_s=400.0, last_used_at=NOW - 20)
-    retrying = DeploymentStats(ttft_s=0.02, tokens_per_s=400.0, last_used_at=NOW, in_flight=1)
+    fresh = DeploymentStats(ttft_s=0.4, tokens_per_s=400.0, last_used_at=NOW)  # 0.65 s for REQ
+    idle = DeploymentStats(ttft_s=0.02, tokens_per_s=1_000.0, last_used_at=NOW - 20)  # 0.12 s
     assert rank("", [steady, decayed], Stats({"steady/m": fresh, "decayed/m": idle}), policy=NO_PROBE) == [
         "decayed",
         "steady",
     ]
-    assert rank("", [steady, decayed], Stats({"steady/m": fresh, "decayed/m": retrying}), policy=NO_PROBE) == [
+    sent = ids(send_concurrently(NO_PROBE, [steady, decayed], {"steady/m": fresh, "decayed/m": idle}, 6))
+    assert sent == ["decayed"] * 5 + ["steady"]  # 0.12 s x (5 + 1) > 0.65 s: the sixth caller goes elsewhere
+    # non-streamed samples only: the same wait on the whole-response latency
+    lat_fresh = DeploymentStats(latency_s=0.6, last_used_at=NOW)
+    lat_busy = DeploymentStats(latency_s=0.05, in_flight=12, last_used_at=NOW)
+    assert rank("", [decayed, steady], Stats({"steady/m": lat_fresh, "decayed/m": lat_busy}), policy=NO_PROBE) == [
         "steady",
         "decayed",
     ]
-    # non-streamed samples only: the same guard on the whole-response latency
-    lat_fresh = DeploymentStats(latency_s=0.6, last_used_at=NOW)
-    lat_retrying = DeploymentStats(latency_s=0.05, in_flight=2, last_used_at=NOW)
-    assert rank("", [decayed, steady], Stats({"steady/m": lat_fresh, "decayed/m": lat_retrying}), policy=NO_PROBE) == [
-        "steady",
-        "decayed",
+
+
+def send_concurrently(policy: Fastest, cands: Sequence[Candidate], by_id: dict[str, DeploymentStats],
+                      callers: int) -> list[Candidate]:  # fmt: skip
+    """Callers arriving one after another before any answers: each is sent to the first ranked."""
+    stats = Stats(by_id)
+    chosen = []
+    for seed in range(callers):
+        first = policy.rank(cands, stats, request=REQ, now=NOW, rng=random.Random(seed))[0]
+        before = stats.by_id.get(first.id, DeploymentStats())
+        stats.by_id[first.id] = replace(before, in_flight=before.in_flight + 1, last_used_at=NOW)
+        chosen.append(first)
+    return chosen
+
+
+def test_fastest_counts_the_wait_behind_requests_in_flight() -> None:
+    """Expected completion = duration x (1 + outstanding / capacity): one slot when none is known."""
+    quick, slower = cand("quick", 0), cand("slower", 1)
+    quick_busy = [DeploymentStats(ttft_s=0.05, tokens_per_s=1_000.0, last_used_at=NOW, in_flight=n) for n in range(3)]
+    idle_slower = DeploymentStats(ttft_s=0.3, tokens_per_s=1_000.0, last_used_at=NOW)  # 0.4 s for REQ
+    firsts = [rank("", [quick, slower], Stats({"quick/m": q, "slower/m": idle_slower}), policy=NO_PROBE)[0]
+              for q in quick_busy]  # fmt: skip
+    assert firsts == ["quick", "quick", "slower"]  # 0.15 s, then 0.30 s, then 0.45 s of waiting included
+    assert expected_completion_s(quick, quick_busy[2], REQ) == pytest.approx(0.45)
+
+
+def test_fastest_keeps_a_busy_fast_deployment_with_spare_slots_first() -> None:
+    """No penalty unrelated to speed: a request in flight on a deployment with many slots costs a
+    share of one slot, not a jump to the prior (the old herding guard ranked it as a 1 s one)."""
+    quick = cand("quick", 0, max_concurrency=64)
+    bare_quick = cand("quick", 0)  # no capacity configured, none reported yet
+    slower = cand("slower", 1)
+    stats = Stats({
+        "quick/m": DeploymentStats(ttft_s=0.002, tokens_per_s=100_000.0, last_used_at=NOW, in_flight=31),
+        "slower/m": DeploymentStats(ttft_s=0.03, tokens_per_s=100_000.0, last_used_at=NOW - 5),
+    })  # fmt: skip
+    assert rank("", [slower, quick], stats, policy=NO_PROBE) == ["quick", "slower"]
+    sent = Counter(c.backend for c in send_concurrently(NO_PROBE, [slower, quick], dict(stats.by_id), 32))
+    assert sent["quick"] >= 31  # at its 64 slots it takes (nearly) every caller
+    # the same fleet without a known capacity: 31 requests in flight are a real wait (Tower's load)
+    assert rank("", [slower, bare_quick], stats, policy=NO_PROBE) == ["slower", "quick"]
+
+
+def test_fastest_counts_the_queue_the_server_reports() -> None:
+    """A llama.cpp server with 2 slots, both busy and 4 requests waiting (other clients'): 3x the duration."""
+    box, cloud = cand("box", 0), cand("cloud", 1)
+    queued = DeploymentStats(ttft_s=0.05, tokens_per_s=1_000.0, last_used_at=NOW,
+                             server_running=2, server_waiting=4, server_slots=2)  # fmt: skip
+    cloud_stats = DeploymentStats(ttft_s=0.3, tokens_per_s=1_000.0, last_used_at=NOW)
+    assert expected_completion_s(box, queued, REQ) == pytest.approx(0.15 * (1 + 6 / 2))
+    assert rank("", [box, cloud], Stats({"box/m": queued, "cloud/m": cloud_stats}), policy=NO_PROBE) == ["cloud", "box"]
+    idle_box = replace(queued, server_running=0, server_waiting=0)
+    assert rank("", [box, cloud], Stats({"box/m": idle_box, "cloud/m": cloud_stats}), policy=NO_PROBE) == [
+        "box",
+        "cloud",
     ]
 
 
@@ -290,6 +345,17 @@ def test_fastest_never_probes_fresh_busy_or_failed_candidates() -> None:
         "slow",
         "best",
     ]  # no stats at all: never used, probed
+
+
+def test_fastest_probes_take_at_most_the_probe_rate_of_calls() -> None:
+    """However many deployments are stale, one is probed per probing call: probes stay <= 3 % of calls."""
+    best = cand("best", 0)
+    stale = [cand(f"stale{i}", i + 1) for i in range(8)]
+    by_id = {"best/m": DeploymentStats(ttft_s=0.1, tokens_per_s=1_000.0, last_used_at=NOW)}
+    by_id |= {c.id: DeploymentStats(ttft_s=0.5, tokens_per_s=100.0, last_used_at=NOW - 60) for c in stale}
+    firsts = probe_share(Fastest(), [best, *stale], Stats(by_id), 10_000)
+    assert 10_000 - firsts["best"] <= 300
+    assert firsts["best"] >= 9_700
 
 
 def test_fastest_validates_its_arguments() -> None:
@@ -468,8 +534,12 @@ def test_rankings_agree_with_the_estimates(scenario: tuple[list[Candidate], Stat
     cands, stats, request = scenario
     for c in cands:
         s = stats.get(c.id)
-        if s is None or s.in_flight == 0:
-            assert ranking_duration_s(c, s, request) == expected_duration_s(c, s, request)
+        if s is None or (s.in_flight == 0 and not s.server_running and not s.server_waiting):
+            assert expected_completion_s(c, s, request) == expected_duration_s(c, s, request)
+    ranked = Fastest(probe_rate=0.0).rank(cands, stats, request=request, now=NOW, rng=random.Random(0))
+    times = [expected_completion_s(c, stats.get(c.id), request) for c in ranked]
+    rest = times[1:] if ranked and ranked[0].prior_ttft_s is None else times  # an unmeasured one may go first
+    assert all(a <= b for a, b in itertools.pairwise(rest))
     costs = [
         expected_cost_usd(c, request, stats.get(c.id))
         for c in get_policy("cheapest").rank(cands, stats, request=request, now=NOW, rng=random.Random(0))

@@ -263,6 +263,34 @@ async def test_fastest_learns_from_real_traffic(httpx2_mock: respx.Router) -> No
     assert time.perf_counter() - started < 2.0
 
 
+async def test_explain_shows_the_wait_fastest_ranks_by() -> None:
+    """Three requests in flight on the quicker backend (no capacity known): 4x its duration, so the other goes first."""
+    config = {
+        "backends": {
+            "quick": {"provider": "openai", "base_url": "http://quick.test/v1"},
+            "steady": {"provider": "openai", "base_url": "http://steady.test/v1"},
+        },
+        "models": {
+            "m": {
+                "policy": "fastest",
+                "deployments": [
+                    {"backend": "quick", "model": "m", "priors": {"ttft_s": 0.1, "tokens_per_s": 1000}},
+                    {"backend": "steady", "model": "m", "priors": {"ttft_s": 0.3, "tokens_per_s": 1000}},
+                ],
+            }
+        },
+    }
+    async with AsyncRouter.from_config(config) as router:
+        for _ in range(3):
+            assert router.stats.try_begin("quick/m", anyio.current_time())
+        record = await router.explain(model="m", messages=HI, max_tokens=100)
+    assert ranked(record) == ["steady", "quick"]
+    quick = next(line for line in record.ranking if line.candidate == "quick/m")
+    assert quick.expected_completion_s == pytest.approx(4 * quick.expected_duration_s)
+    waits = [line.expected_completion_s for line in record.ranking]
+    assert waits == sorted(waits)
+
+
 async def test_llamacpp_load_reaches_the_stats(llama_pair: Any) -> None:
     server = llama_pair[0]
     config = {

@@ -78,6 +78,7 @@ def _print_table(model: str, record: RouteRecord) -> None:
         "exp. cost",
         "exp. TTFT",
         "exp. time",
+        "with wait",
         "load",
         "headroom",
     ):
@@ -92,6 +93,7 @@ def _print_table(model: str, record: RouteRecord) -> None:
             "–" if line.expected_cost_usd is None else f"${line.expected_cost_usd:.6f}",
             f"{line.expected_ttft_s:.2f}s",
             f"{line.expected_duration_s:.2f}s",
+            f"{line.expected_completion_s:.2f}s",
             f"{line.load:.2f}",
             "ok" if line.limited_for_s is None else f"limited {line.limited_for_s:.0f}s",
         )

@@ -22,7 +22,7 @@ import tenacity
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from policies import DeploymentStats, Policy, RequestProfile, StatsView, get_policy
-from policies.estimates import expected_cost_usd, expected_duration_s, expected_ttft_s, load
+from policies.estimates import expected_completion_s, expected_cost_usd, expected_duration_s, expected_ttft_s, load
 from providers import (
     Answered,
     ChunkStream,
@@ -1075,6 +1075,7 @@ def _trace(
         expected_cost_usd=expected_cost_usd(candidate, profile, stats),
         expected_ttft_s=expected_ttft_s(candidate, stats),
         expected_duration_s=expected_duration_s(candidate, stats, profile),
+        expected_completion_s=expected_completion_s(candidate, stats, profile),
         load=load(candidate, stats),
         in_flight=stats.in_flight if stats else 0,
         limited_for_s=None if limited is None else limited - now,

@@ -49,6 +49,8 @@ class RankedCandidate:
     expected_cost_usd: float | None
     expected_ttft_s: float
     expected_duration_s: float
+    expected_completion_s: float
+    """`expected_duration_s` with the wait behind the requests already there (what `fastest` ranks by)."""
     load: float
     in_flight: int
     limited_for_s: float | None
