@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,6 +39,8 @@ ROUTED = {
     "responses": "responses",
 }
 """POST paths (after `/v1/`) and the endpoint each is."""
+_REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+"""The field each endpoint cannot do without (named in the 400, as OpenAI names it)."""
 _NOT_FORWARDED = frozenset(
     {
         "authorization",
@@ -153,6 +155,9 @@ async def _serve(engine: RouterEngine, wire: WireRequest, admit: Admit | None) -
     model = body.pop("model", None)
     if not isinstance(model, str):
         raise bad_request("`model` is required: an alias or a deployment's model id", param="model")
+    required = _REQUIRED.get(endpoint)
+    if required is not None and required not in body:
+        raise bad_request(f"`{required}` is required", param=required)
     try:
         hints = RouteHints.coerce(body.pop("route", None))
     except ValueError as exc:
@@ -206,7 +211,7 @@ class SSEBody(httpx2.AsyncByteStream):
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.events(over_http=False)
 
-    async def events(self, *, over_http: bool) -> AsyncIterator[bytes]:
+    async def events(self, *, over_http: bool) -> AsyncGenerator[bytes, None]:
         """The stream's SSE bytes. `over_http` (the gateway): the route record rides on the last event as
         `"inference_router"` (ending events — finish reason, usage — are held until the next one comes), and
         a break ends the stream with an `error` event and no `[DONE]`, as providers signal one."""
@@ -267,7 +272,11 @@ def _with_field(data: bytes, name: str, value: Any) -> bytes:
         return data
     inner = body[:-1].rstrip()
     comma = b"" if inner.endswith(b"{") else b","
-    return inner + comma + json.dumps(name).encode() + b":" + json.dumps(value, default=str).encode() + b"}"
+    return inner + comma + json.dumps(name).encode() + b":" + _compact(value) + b"}"
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 def _record_data(record: RouteRecord) -> dict[str, Any]:

@@ -1,0 +1,22 @@
+"""`inference-router serve`: check the config, then hand over to the gateway's server."""
+
+from __future__ import annotations
+
+import argparse
+
+from router.cli import EXIT_CONFIG, EXIT_USAGE
+from router.cli.common import load
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM / Ctrl-C; exit 1 on an invalid config (every problem as file:line), 2 without
+    the `gateway` extra."""
+    config = load(args.config, as_json=args.json)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        from router.gateway.server import serve
+    except ImportError as exc:
+        print(f"error: the gateway needs the `gateway` extra: pip install 'inference-router[gateway]' ({exc})")
+        return EXIT_USAGE
+    return serve(args.config, config, host=args.host, port=args.port, workers=args.workers)
