@@ -280,11 +280,38 @@ def _compact(value: Any) -> bytes:
 
 
 def _record_data(record: RouteRecord) -> dict[str, Any]:
-    """The route record as the final event's `inference_router` field (without the ranking trace)."""
-    data = record.to_dict()
-    for bulky in ("ranking", "excluded", "rate_limits"):
-        data.pop(bulky, None)
-    return data
+    """The route record as the final event's `inference_router` field: what served, what was tried, cost
+    (plain fields, not `to_dict()`: this runs once per stream and must be cheap)."""
+    usage = record.usage
+    return {
+        "requested_model": record.requested_model,
+        "alias": record.alias,
+        "endpoint": record.endpoint,
+        "backend": record.backend,
+        "provider": record.provider,
+        "model": record.model,
+        "fallback": record.fallback,
+        "rule": record.rule,
+        "policy": record.policy,
+        "tags": record.tags,
+        "cached": record.cached,
+        "latency_s": record.latency_s,
+        "ttft_s": record.ttft_s,
+        "cost_usd": record.cost_usd,
+        "usage": None
+        if usage is None
+        else {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cached_prompt_tokens": usage.cached_prompt_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+        },
+        "attempts": [
+            {"backend": a.backend, "model": a.model, "outcome": a.outcome, "seconds": round(a.seconds, 6)}
+            for a in record.attempts
+        ],
+        "complete": record.complete,
+    }
 
 
 def _models(engine: RouterEngine, model_id: str) -> httpx2.Response:

@@ -11,13 +11,16 @@ its backend at once.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx2
 import openai
@@ -237,6 +240,122 @@ def test_unknown_paths_are_404_in_openai_shape(gateway: GatewayProcess) -> None:
     assert httpx2.get(gateway.url + "/nope").status_code == 404
 
 
+class _OtherEndpoints(http.server.BaseHTTPRequestHandler):
+    """A loopback backend for legacy completions (JSON and SSE), embeddings and the Responses API."""
+
+    protocol_version = "HTTP/1.1"
+    USAGE: ClassVar[dict[str, int]] = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if self.path.endswith("/embeddings"):
+            self._json(
+                {
+                    "object": "list",
+                    "model": "m",
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                }
+            )
+        elif self.path.endswith("/completions") and body.get("stream"):
+            events = [
+                {
+                    "id": "c1",
+                    "object": "text_completion",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [{"index": 0, "text": t, "finish_reason": f, "logprobs": None}],
+                }
+                for t, f in (("Hello", None), (" there", "stop"))
+            ]
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append(
+                    {
+                        "id": "c1",
+                        "object": "text_completion",
+                        "created": 1,
+                        "model": "m",
+                        "choices": [],
+                        "usage": self.USAGE,
+                    }
+                )
+            data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+            self._send(data, "text/event-stream")
+        elif self.path.endswith("/completions"):
+            self._json(
+                {
+                    "id": "c1",
+                    "object": "text_completion",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [{"index": 0, "text": "Hello there", "finish_reason": "stop", "logprobs": None}],
+                    "usage": self.USAGE,
+                }
+            )
+        elif self.path.endswith("/responses"):
+            message = {
+                "type": "message",
+                "id": "msg_1",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Hello there", "annotations": []}],
+            }
+            self._json(
+                {
+                    "id": "resp_1",
+                    "object": "response",
+                    "created_at": 1,
+                    "status": "completed",
+                    "model": "m",
+                    "output": [message],
+                    "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
+                }
+            )
+        else:
+            self._send(b'{"error": {"message": "no"}}', "application/json", 404)
+
+    def _json(self, payload: object) -> None:
+        self._send(json.dumps(payload).encode(), "application/json")
+
+    def _send(self, data: bytes, kind: str, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_completions_embeddings_and_responses_through_the_gateway(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherEndpoints)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "others.yaml"
+    config.write_text(
+        f"backends:\n  other: {{provider: openai, base_url: 'http://127.0.0.1:{server.server_address[1]}/v1', api_key: sk-other-backend}}\n"
+        "models:\n  m: {deployments: [{backend: other, model: m}]}\n"
+    )
+    try:
+        with GatewayProcess(config) as gateway:
+            client = openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+            assert client.completions.create(model="m", prompt="Hi").choices[0].text == "Hello there"
+            chunks = list(
+                client.completions.create(model="m", prompt="Hi", stream=True, stream_options={"include_usage": True})
+            )
+            assert "".join(c.choices[0].text for c in chunks if c.choices) == "Hello there"
+            assert (
+                chunks[-1].usage is not None
+                and (chunks[-1].model_extra or {})["inference_router"]["backend"] == "other"
+            )
+            vectors = client.embeddings.with_raw_response.create(model="m", input="Hi")
+            assert vectors.parse().data[0].embedding == [0.5, 0.25]
+            assert vectors.headers["x-inference-router-endpoint"] == "embeddings"
+            assert client.responses.create(model="m", input="Hi").output_text == "Hello there"
+    finally:
+        server.shutdown()
+
+
 # --- keys, limits, budgets ----------------------------------------------------------------------
 
 
@@ -413,3 +532,42 @@ def test_two_gateways_share_a_keys_limits_and_budget_through_redis(
         _client(a, THRIFTY).chat.completions.create(model="chat", messages=HI)
         with pytest.raises(openai.RateLimitError, match="daily budget"):
             _client(b, THRIFTY).chat.completions.create(model="chat", messages=HI)
+
+
+# --- in process: tracing ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_server_span_continues_the_callers_trace(
+    fault: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from router.gateway.app import Gateway
+
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()  # private: the global provider is never set
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(_config(fault))
+    app = Gateway(config, tracer_provider=provider)
+    await app.startup()
+    try:
+        trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url="http://gateway") as client:
+            response = await client.post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {TEAM}", "traceparent": f"00-{trace_id}-{parent_id}-01"},
+                json={"model": "chat", "messages": HI},
+            )
+        assert response.status_code == 200 and response.headers["x-inference-router-backend"] == "good"
+    finally:
+        await app.shutdown()
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "POST /v1/chat/completions"]
+    assert span.context is not None and span.parent is not None
+    assert f"{span.context.trace_id:032x}" == trace_id and f"{span.parent.span_id:016x}" == parent_id
+    assert dict(span.attributes or {})["http.response.status_code"] == 200

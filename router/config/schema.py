@@ -238,11 +238,23 @@ class TelemetryConfig(_Strict):
     """Also serve them over HTTP on this port (`/metrics`)."""
 
 
+def _long_secret(value: SecretStr) -> SecretStr:
+    """A gateway secret must not be guessable: 16 characters at least."""
+    if len(value.get_secret_value()) < 16:
+        raise ValueError("a gateway secret must be at least 16 characters (set it from an environment variable)")
+    return value
+
+
 class GatewayKey(_Strict):
     """One caller of the gateway (`inference-router serve`): its secret, what it may ask for, its limits."""
 
-    secret: SecretStr = Field(min_length=16)
+    secret: SecretStr
     """The bearer token callers send (`Authorization: Bearer …`); write `${ENV_VAR}`, never the secret itself."""
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        return _long_secret(value)
     models: list[str] | None = Field(None, min_length=1)
     """The aliases this key may call (None: every one)."""
     rpm: int | None = Field(None, ge=1)
@@ -266,8 +278,13 @@ class GatewayConfig(_Strict):
     """Worker processes, each with its own router; with `state: {backend: redis}` they act as one."""
     keys: dict[str, GatewayKey] = Field(default_factory=dict)
     """Named keys; none: the gateway is open to anyone who can reach it (bind it to loopback)."""
-    admin_key: SecretStr | None = Field(None, min_length=16)
+    admin_key: SecretStr | None = None
     """Guards `/admin/*` (deployment health, usage, reload); without it they are off."""
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _long_secret(value)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     body_timeout_s: float = Field(30.0, gt=0)

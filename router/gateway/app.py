@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,10 @@ from router.engine import RouterEngine, watched
 from router.errors import status_error, unknown_model
 from router.gateway.keys import Caller, KeyRing
 from router.gateway.meter import MemoryMeter, Meter, RedisMeter
+from router.gateway.tracing import ServerSpans
 from router.path.hints import RouteHints
 from router.path.record import ROUTE_EXTENSION, RouteRecord
-from router.transport import SSEBody, WireRequest, error_response, json_response, serve_wire
+from router.transport import Admit, SSEBody, WireRequest, error_response, json_response, serve_wire
 
 logger = logging.getLogger("router")
 
@@ -57,8 +58,10 @@ class ClientGone(Exception):
 class Gateway:
     """The ASGI app: built per worker process, its engine made at lifespan startup and closed at shutdown."""
 
-    def __init__(self, config_path: str | os.PathLike[str]) -> None:
+    def __init__(self, config_path: str | os.PathLike[str], *, tracer_provider: Any = None) -> None:
         self.config_path = Path(config_path)
+        self._tracer_provider = tracer_provider
+        self._spans: ServerSpans | None = None
         self.engine: RouterEngine | None = None
         self.keys: KeyRing | None = None
         self._config: RouterConfig | None = None
@@ -83,6 +86,8 @@ class Gateway:
             else MemoryMeter()
         )
         self._keys_for(config)
+        if config.telemetry.otel != "off" and importlib.util.find_spec("opentelemetry") is not None:
+            self._spans = ServerSpans(self._tracer_provider)
         await self.engine.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signals
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_soon)
@@ -185,6 +190,26 @@ class Gateway:
             dict(parse_qsl(scope["query_string"].decode("latin-1"))),
         )
         admit = None if caller is None else partial(_admit, keys, caller)
+        if self._spans is None:
+            await self._serve(engine, send, receive, wire, keys, caller, admit)
+            return
+        with self._spans.span(headers, wire.method, "/v1/" + api) as span:
+            status = await self._serve(engine, send, receive, wire, keys, caller, admit)
+            span.set_attribute("http.response.status_code", status)
+
+    async def _serve(
+        self,
+        engine: RouterEngine,
+        send: Send,
+        receive: Receive,
+        wire: WireRequest,
+        keys: KeyRing,
+        caller: Caller | None,
+        admit: Admit | None,
+    ) -> int:
+        """Route the request and send the answer; a client that leaves cancels it. Returns the status sent."""
+        api = wire.path
+        status = 499  # what nginx logs for a client that left before its answer
         with anyio.CancelScope() as cancel:
             watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, cancel))
             try:
@@ -192,8 +217,10 @@ class Gateway:
                 if caller is not None and caller.key.models is not None and api.startswith("models"):
                     response = _visible_models(response, caller, api)
                 await self._respond(send, response, keys, caller)
+                status = response.status_code
             finally:
                 watcher.cancel()
+        return status
 
     async def _respond(self, send: Send, response: httpx2.Response, keys: KeyRing, caller: Caller | None) -> None:
         """Send a routed answer; a stream event by event. The key is charged before the last byte goes."""
@@ -205,8 +232,7 @@ class Gateway:
         events = body.events(over_http=True)
         try:
             await send({"type": "http.response.start", "status": response.status_code, "headers": _raw(response)})
-            async for piece in events:
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await _send_coalesced(send, events)
             await _charge(keys, caller, body.stream.route)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -304,6 +330,49 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
         if message["type"] == "http.disconnect":
             scope.cancel()
             return
+
+
+_HIGH_WATER = 256 * 1024
+"""Bytes of a stream queued for a slow client before the stream waits for it."""
+
+
+async def _send_coalesced(send: Send, events: AsyncIterator[bytes]) -> None:
+    """Send a stream's events as they come, but events produced together (an upstream read that held
+    several) in one write: a sender task writes whatever is queued whenever the producer pauses.
+    A slow client holds the producer back once `_HIGH_WATER` bytes are queued."""
+    queued: list[bytes] = []
+    size = 0
+    wake, drained = asyncio.Event(), asyncio.Event()
+    finished = False
+
+    async def sender() -> None:
+        nonlocal size
+        while True:
+            await wake.wait()
+            wake.clear()
+            while queued:
+                data = b"".join(queued)
+                queued.clear()
+                size = 0
+                drained.set()
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            if finished:
+                return
+
+    writer = asyncio.ensure_future(sender())
+    try:
+        async for piece in events:
+            queued.append(piece)
+            size += len(piece)
+            wake.set()
+            if size > _HIGH_WATER:
+                drained.clear()
+                await drained.wait()
+        finished = True
+        wake.set()
+        await writer
+    finally:
+        writer.cancel()
 
 
 async def _send(send: Send, response: httpx2.Response) -> None:
