@@ -34,8 +34,9 @@ TEXT = "The quick brown fox jumps over the lazy dog."
 TEAM = "sk-team-a-0123456789abcdef"
 SMALL = "sk-small-0123456789abcdef"
 THRIFTY = "sk-thrifty-0123456789abcdef"
+WORDY = "sk-wordy-0123456789abcdef"
 ADMIN = "sk-admin-0123456789abcdef"
-ENV = {"TEAM_KEY": TEAM, "SMALL_KEY": SMALL, "THRIFTY_KEY": THRIFTY, "ADMIN_KEY": ADMIN}
+ENV = {"TEAM_KEY": TEAM, "SMALL_KEY": SMALL, "THRIFTY_KEY": THRIFTY, "WORDY_KEY": WORDY, "ADMIN_KEY": ADMIN}
 
 redis_server = redis_fixture(scope="module")
 
@@ -69,6 +70,7 @@ gateway:
     team-a: {{secret: "${{TEAM_KEY}}", models: [chat, broken, limited, cut, ctx, hang, dead], tags: [team-a]}}
     small: {{secret: "${{SMALL_KEY}}", models: [chat], rpm: 2}}
     thrifty: {{secret: "${{THRIFTY_KEY}}", models: [chat], daily_usd: 0.001}}
+    wordy: {{secret: "${{WORDY_KEY}}", models: [chat], tpm: 15}}
 {extra}"""
 
 
@@ -379,6 +381,13 @@ def test_a_keys_rate_limit_is_a_429_with_retry_after(gateway: GatewayProcess) ->
     assert "2 requests per minute" in caught.value.message
 
 
+def test_a_keys_token_limit_counts_what_its_calls_used(gateway: GatewayProcess) -> None:
+    client = _client(gateway, WORDY)
+    client.chat.completions.create(model="chat", messages=HI)  # 10 + 9 tokens: over 15 once done
+    with pytest.raises(openai.RateLimitError, match="15 tokens per minute"):
+        client.chat.completions.create(model="chat", messages=HI)
+
+
 def test_a_spent_budget_is_a_429_that_names_it(gateway: GatewayProcess) -> None:
     client = _client(gateway, THRIFTY)
     client.chat.completions.create(model="chat", messages=HI)  # costs $0.019, over the $0.001 budget
@@ -524,7 +533,7 @@ def test_two_gateways_share_a_keys_limits_and_budget_through_redis(
         GatewayProcess(config, env=ENV, log=tmp_path / "a.log") as a,
         GatewayProcess(config, env=ENV, log=tmp_path / "b.log") as b,
     ):
-        for gateway in (a, b, a):
+        for gateway in (a, b, a):  # b runs two worker processes: three processes, one limit
             _client(gateway, SMALL).chat.completions.create(model="chat", messages=HI)
         with pytest.raises(openai.RateLimitError):
             _client(b, SMALL).chat.completions.create(model="chat", messages=HI)
