@@ -38,7 +38,7 @@ _COMMANDS: dict[str, str] = {
     "usage": "router.cli.usage:run_usage",
     "check": "router.cli.check:run_check",
     "demo": "router.cli.demo:run_demo_command",
-    "serve": "router.cli.serve:run_serve",
+    "serve": "router.gateway.command:run_serve",
 }
 """Each command's implementation, imported only when that command runs."""
 

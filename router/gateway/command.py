@@ -1,4 +1,8 @@
-"""`inference-router serve`: check the config, then hand over to the gateway's server."""
+"""`inference-router serve`: check the config, then hand over to the gateway's server.
+
+The command lives with the gateway (the CLI names it only as a string), so nothing below the
+gateway imports it.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         from router.gateway.server import serve
-    except ImportError as exc:
+    except ImportError as exc:  # uvicorn is the `gateway` extra
         print(f"error: the gateway needs the `gateway` extra: pip install 'inference-router[gateway]' ({exc})")
         return EXIT_USAGE
     return serve(args.config, config, host=args.host, port=args.port, workers=args.workers)
