@@ -255,6 +255,7 @@ class GatewayKey(_Strict):
     @classmethod
     def _long_enough(cls, value: SecretStr) -> SecretStr:
         return _long_secret(value)
+
     models: list[str] | None = Field(None, min_length=1)
     """The aliases this key may call (None: every one)."""
     rpm: int | None = Field(None, ge=1)
@@ -285,6 +286,7 @@ class GatewayConfig(_Strict):
     @classmethod
     def _admin_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _long_secret(value)
+
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     body_timeout_s: float = Field(30.0, gt=0)

@@ -213,7 +213,11 @@ class Gateway:
         with anyio.CancelScope() as cancel:
             watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, cancel))
             try:
-                response = await serve_wire(engine, wire, admit=admit)
+                try:
+                    response = await serve_wire(engine, wire, admit=admit)
+                except Exception:  # a bug, not a routing failure: logged (redacted), answered in OpenAI's shape
+                    logger.exception("gateway: %s /v1/%s failed", wire.method, api)
+                    response = json_response(500, {"error": _internal()})
                 if caller is not None and caller.key.models is not None and api.startswith("models"):
                     response = _visible_models(response, caller, api)
                 await self._respond(send, response, keys, caller)
@@ -268,8 +272,8 @@ class Gateway:
             await _send(send, json_response(200, [h.to_dict() for h in engine.health()]))
         elif what == "usage":
             by = tuple(part for part in query.get("by", "key,backend,model").split(",") if part)
-            since = float(query["since_s"]) if "since_s" in query else None
             try:
+                since = float(query["since_s"]) if "since_s" in query else None
                 rows = engine.usage(group_by=by, since_s=since)
             except ValueError as exc:
                 await _send(send, json_response(400, {"error": {"message": str(exc), "type": "invalid_request_error"}}))
@@ -423,6 +427,11 @@ def _too_large(limit: int) -> openai.APIStatusError:
 
 def _not_found(path: str) -> dict[str, Any]:
     return {"message": f"no such endpoint: {path}", "type": "not_found_error", "param": None, "code": None}
+
+
+def _internal() -> dict[str, Any]:
+    message = "the gateway failed to answer (see its log)"
+    return {"message": message, "type": "server_error", "param": None, "code": None}
 
 
 def _forbidden() -> dict[str, Any]:
