@@ -580,3 +580,22 @@ async def test_a_server_span_continues_the_callers_trace(
     assert span.context is not None and span.parent is not None
     assert f"{span.context.trace_id:032x}" == trace_id and f"{span.parent.span_id:016x}" == parent_id
     assert dict(span.attributes or {})["http.response.status_code"] == 200
+
+
+def test_serve_refuses_an_invalid_config_naming_file_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "backends:\n  a: {provider: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "models:\n  m: {deployments: [{backend: a, model: m}]}\n"
+        "gateway:\n  keys:\n    k: {secret: short, models: [nope]}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "serve", str(config)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"{config}:7: gateway.keys.k.secret: a gateway secret must be at least 16 characters" in done.stderr
+    assert f"{config}:7: gateway.keys.k.models[0]: unknown model 'nope'" in done.stderr

@@ -8,7 +8,7 @@ Exit codes, the same for every command:
 - 0: done;
 - 1: the config is invalid or unreadable (every problem printed as `file:line: path: message`),
   `explain` names a model the config does not serve, `usage` has no file to read, or `demo`
-  lacks the `local` extra;
+  lacks the `local` extra (`serve` the `gateway` extra);
 - 2: bad usage: an unknown option, a malformed value (argparse's own code);
 - 3: the router could not serve the call (`chat`): the error class, its message and every attempt;
 - 130: interrupted (Ctrl-C).
@@ -47,6 +47,7 @@ exit codes:
   0  ok
   1  invalid or missing config (every problem as file:line: path: message), unknown model
      (explain), no usage file (usage), missing `local` extra (demo)
+     or `gateway` extra (serve)
   2  bad usage (unknown option, malformed value, unknown --policy)
   3  the call failed (chat): error class, message and attempts on stderr
   130  interrupted (Ctrl-C)
@@ -95,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
             '  inference-router chat examples/router.yaml -m gpt-oss-120b "Say hi"\n'
             '  inference-router explain examples/router.yaml -m gpt-oss-120b --prompt "hello"\n'
             "  inference-router health examples/router.yaml\n"
-            "  inference-router usage --db usage.sqlite --since 1d --by backend,model\n\n"
+            "  inference-router usage --db usage.sqlite --since 1d --by backend,model\n"
+            "  inference-router serve examples/router.yaml --port 8080    # an OpenAI-compatible HTTP gateway\n\n"
             "Run `inference-router COMMAND --help` for a command's options and examples.\n\n" + _EXIT_CODES
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

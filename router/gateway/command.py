@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from router.cli import EXIT_CONFIG, EXIT_USAGE
+from router.cli import EXIT_CONFIG
 from router.cli.common import load
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM / Ctrl-C; exit 1 on an invalid config (every problem as file:line), 2 without
-    the `gateway` extra."""
+    """Serve until SIGTERM / Ctrl-C; exit 1 on an invalid config (every problem as file:line) or without
+    the `gateway` extra (as `demo` without `local`)."""
     config = load(args.config, as_json=args.json)
     if config is None:
         return EXIT_CONFIG
@@ -22,5 +22,5 @@ def run_serve(args: argparse.Namespace) -> int:
         from router.gateway.server import serve
     except ImportError as exc:  # uvicorn is the `gateway` extra
         print(f"error: the gateway needs the `gateway` extra: pip install 'inference-router[gateway]' ({exc})")
-        return EXIT_USAGE
+        return EXIT_CONFIG
     return serve(args.config, config, host=args.host, port=args.port, workers=args.workers)
