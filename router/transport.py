@@ -12,8 +12,10 @@ raises as is (`AsyncRouter._make_status_error`).
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx2
@@ -37,6 +39,8 @@ ROUTED = {
     "responses": "responses",
 }
 """POST paths (after `/v1/`) and the endpoint each is."""
+_REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+"""The field each endpoint cannot do without (named in the 400, as OpenAI names it)."""
 _NOT_FORWARDED = frozenset(
     {
         "authorization",
@@ -90,26 +94,60 @@ def error_response(error: openai.APIError) -> httpx2.Response:
     return json_response(status, payload, headers=headers, **{ERROR_EXTENSION: error, ROUTE_EXTENSION: route})
 
 
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """One OpenAI-wire HTTP request, whichever door it came through: the routing transport under the
+    openai subclasses, or the gateway's HTTP server."""
+
+    method: str
+    path: str
+    """The API path after `/v1/`: `chat/completions`, `models/{id}`, …"""
+    headers: Mapping[str, str]
+    content: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    """The caller's bound on the whole call (None: the config's deadlines alone)."""
+
+
+Admit = Callable[[str, str, RouteHints], Awaitable[RouteHints]]
+"""`(endpoint, model, hints) -> hints`: a door's say before a request is routed (the gateway checks the
+caller's key, limits and budget here, raising an `openai.APIError`, and adds the key's tags)."""
+
+
 async def serve_request(engine: RouterEngine, request: httpx2.Request, content: bytes) -> httpx2.Response:
     """Answer one request openai built, through the request path; errors become error responses."""
+    wire = WireRequest(
+        request.method,
+        api_path(request.url),
+        request.headers,
+        content,
+        dict(request.url.params),
+        timeout_seconds(request.extensions.get("timeout")),
+    )
+    return await serve_wire(engine, wire)
+
+
+async def serve_wire(engine: RouterEngine, wire: WireRequest, *, admit: Admit | None = None) -> httpx2.Response:
+    """Answer one OpenAI-wire request through the request path: the JSON or SSE a provider would send,
+    the route record in headers; every failure as an OpenAI-shaped error response."""
     try:
-        return await _serve(engine, request, content)
+        return await _serve(engine, wire, admit)
     except openai.APIError as error:
         return error_response(error)
 
 
-async def _serve(engine: RouterEngine, request: httpx2.Request, content: bytes) -> httpx2.Response:
-    path = api_path(request.url)
-    method = request.method.upper()
+async def _serve(engine: RouterEngine, wire: WireRequest, admit: Admit | None) -> httpx2.Response:
+    path = wire.path
+    method = wire.method.upper()
     if method == "GET" and (path == "models" or path.startswith("models/")):
         return _models(engine, path.removeprefix("models").strip("/"))
     if path.startswith("responses/") and method in ("GET", "DELETE"):
-        return await _stored_response(engine, method, path, request)
+        return await _stored_response(engine, method, path, wire.query)
     endpoint = ROUTED.get(path)
     if endpoint is None or method != "POST":
         raise not_routed(method, path)
     try:
-        body = json.loads(content) if content else {}
+        body = json.loads(wire.content) if wire.content else {}
     except ValueError:
         raise bad_request("the request body is not JSON") from None
     if not isinstance(body, dict):
@@ -117,6 +155,9 @@ async def _serve(engine: RouterEngine, request: httpx2.Request, content: bytes) 
     model = body.pop("model", None)
     if not isinstance(model, str):
         raise bad_request("`model` is required: an alias or a deployment's model id", param="model")
+    required = _REQUIRED.get(endpoint)
+    if required is not None and required not in body:
+        raise bad_request(f"`{required}` is required", param=required)
     try:
         hints = RouteHints.coerce(body.pop("route", None))
     except ValueError as exc:
@@ -124,15 +165,17 @@ async def _serve(engine: RouterEngine, request: httpx2.Request, content: bytes) 
     stream = body.pop("stream", False) is True
     options = body.get("stream_options")
     wants_usage = stream and isinstance(options, dict) and bool(options.get("include_usage"))
+    if admit is not None:
+        hints = await admit(endpoint, model, hints)
     result = await engine.route(
         endpoint,
         model,
         body,
         stream=stream,
         hints=hints,
-        timeout_s=timeout_seconds(request.extensions.get("timeout")),
-        extra_headers=forwarded_headers(request.headers),
-        extra_query=dict(request.url.params) or None,
+        timeout_s=wire.timeout_s,
+        extra_headers=forwarded_headers(wire.headers),
+        extra_query=dict(wire.query) or None,
         caller_wants_usage=wants_usage,
     )
     return answer_response(result)
@@ -165,18 +208,110 @@ class SSEBody(httpx2.AsyncByteStream):
     def __init__(self, stream: RouterStream) -> None:
         self.stream = stream
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.events(over_http=False)
+
+    async def events(self, *, over_http: bool) -> AsyncGenerator[bytes, None]:
+        """The stream's SSE bytes. `over_http` (the gateway): the route record rides on the last event as
+        `"inference_router"` (ending events — finish reason, usage — are held until the next one comes), and
+        a break ends the stream with an `error` event and no `[DONE]`, as providers signal one."""
         endpoint = self.stream.route.endpoint
-        async for item in self.stream:
-            if isinstance(item, RawEvent):
-                yield item.encode()
-            else:
-                yield b"data: " + item.model_dump_json(exclude_unset=True).encode() + b"\n\n"
+        held: list[tuple[bytes, bytes]] = []
+        try:
+            async for item in self.stream:
+                if isinstance(item, RawEvent):
+                    event, data = item.event, item.data
+                else:
+                    event, data = b"", item.model_dump_json(exclude_unset=True).encode()
+                if over_http and _ends(item, data):
+                    held.append((event, data))
+                    continue
+                for waiting in held:
+                    yield _sse(*waiting)
+                held.clear()
+                yield _sse(event, data)
+        except openai.APIError as error:
+            if not over_http:
+                raise
+            for waiting in held:
+                yield _sse(*waiting)
+            _, _, payload = wire_error(error)
+            yield _sse(b"error" if endpoint == "responses" else b"", json.dumps(payload).encode())
+            return
+        if held:
+            event, data = held[-1]
+            held[-1] = (event, _with_field(data, "inference_router", _record_data(self.stream.route)))
+        for waiting in held:
+            yield _sse(*waiting)
         if endpoint != "responses":  # the Responses API ends with its `response.completed` event
             yield b"data: [DONE]\n\n"
 
     async def aclose(self) -> None:
         await self.stream.close()
+
+
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"|"usage"\s*:\s*\{')
+
+
+def _ends(item: Any, data: bytes) -> bool:
+    """Whether an event may be a stream's last: a finish reason, the usage, or the Responses API's end."""
+    if isinstance(item, RawEvent):
+        return item.event == b"response.completed" or _FINISHED.search(data) is not None
+    return item.usage is not None or any(choice.finish_reason is not None for choice in item.choices)
+
+
+def _sse(event: bytes, data: bytes) -> bytes:
+    """One server-sent event."""
+    return (b"event: " + event + b"\n" if event else b"") + b"data: " + data + b"\n\n"
+
+
+def _with_field(data: bytes, name: str, value: Any) -> bytes:
+    """A JSON object's bytes with one more top-level field, spliced in (the rest stays byte for byte)."""
+    body = data.rstrip()
+    if not body.endswith(b"}"):
+        return data
+    inner = body[:-1].rstrip()
+    comma = b"" if inner.endswith(b"{") else b","
+    return inner + comma + json.dumps(name).encode() + b":" + _compact(value) + b"}"
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def _record_data(record: RouteRecord) -> dict[str, Any]:
+    """The route record as the final event's `inference_router` field: what served, what was tried, cost
+    (plain fields, not `to_dict()`: this runs once per stream and must be cheap)."""
+    usage = record.usage
+    return {
+        "requested_model": record.requested_model,
+        "alias": record.alias,
+        "endpoint": record.endpoint,
+        "backend": record.backend,
+        "provider": record.provider,
+        "model": record.model,
+        "fallback": record.fallback,
+        "rule": record.rule,
+        "policy": record.policy,
+        "tags": record.tags,
+        "cached": record.cached,
+        "latency_s": record.latency_s,
+        "ttft_s": record.ttft_s,
+        "cost_usd": record.cost_usd,
+        "usage": None
+        if usage is None
+        else {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cached_prompt_tokens": usage.cached_prompt_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+        },
+        "attempts": [
+            {"backend": a.backend, "model": a.model, "outcome": a.outcome, "seconds": round(a.seconds, 6)}
+            for a in record.attempts
+        ],
+        "complete": record.complete,
+    }
 
 
 def _models(engine: RouterEngine, model_id: str) -> httpx2.Response:
@@ -194,7 +329,7 @@ def _models(engine: RouterEngine, model_id: str) -> httpx2.Response:
     raise unknown_model(model_id, list(table.routes))
 
 
-async def _stored_response(engine: RouterEngine, method: str, path: str, request: httpx2.Request) -> httpx2.Response:
+async def _stored_response(engine: RouterEngine, method: str, path: str, query: Mapping[str, str]) -> httpx2.Response:
     """`responses.retrieve` / `delete` / `input_items.list`: asked of the deployment that holds the answer."""
     response_id = path.split("/")[1]
     home = engine.homes.get(response_id)
@@ -203,9 +338,7 @@ async def _stored_response(engine: RouterEngine, method: str, path: str, request
         raise not_routed(method, path) if home is None else bad_request(f"{home} is no longer configured")
     failed: ProviderError | None = None
     try:
-        status, headers, content = await deployment.adapter.relay(
-            engine.client, method, "/" + path, params=dict(request.url.params)
-        )
+        status, headers, content = await deployment.adapter.relay(engine.client, method, "/" + path, params=dict(query))
     except ProviderError as failure:
         failed = failure
     if failed is not None:  # raised outside the except: no chain back to the backend's request

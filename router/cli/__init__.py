@@ -8,7 +8,7 @@ Exit codes, the same for every command:
 - 0: done;
 - 1: the config is invalid or unreadable (every problem printed as `file:line: path: message`),
   `explain` names a model the config does not serve, `usage` has no file to read, or `demo`
-  lacks the `local` extra;
+  lacks the `local` extra (`serve` the `gateway` extra);
 - 2: bad usage: an unknown option, a malformed value (argparse's own code);
 - 3: the router could not serve the call (`chat`): the error class, its message and every attempt;
 - 130: interrupted (Ctrl-C).
@@ -38,6 +38,7 @@ _COMMANDS: dict[str, str] = {
     "usage": "router.cli.usage:run_usage",
     "check": "router.cli.check:run_check",
     "demo": "router.cli.demo:run_demo_command",
+    "serve": "router.gateway.command:run_serve",
 }
 """Each command's implementation, imported only when that command runs."""
 
@@ -46,6 +47,7 @@ exit codes:
   0  ok
   1  invalid or missing config (every problem as file:line: path: message), unknown model
      (explain), no usage file (usage), missing `local` extra (demo)
+     or `gateway` extra (serve)
   2  bad usage (unknown option, malformed value, unknown --policy)
   3  the call failed (chat): error class, message and attempts on stderr
   130  interrupted (Ctrl-C)
@@ -94,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
             '  inference-router chat examples/router.yaml -m gpt-oss-120b "Say hi"\n'
             '  inference-router explain examples/router.yaml -m gpt-oss-120b --prompt "hello"\n'
             "  inference-router health examples/router.yaml\n"
-            "  inference-router usage --db usage.sqlite --since 1d --by backend,model\n\n"
+            "  inference-router usage --db usage.sqlite --since 1d --by backend,model\n"
+            "  inference-router serve examples/router.yaml --port 8080    # an OpenAI-compatible HTTP gateway\n\n"
             "Run `inference-router COMMAND --help` for a command's options and examples.\n\n" + _EXIT_CODES
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -192,6 +195,7 @@ inference-router health examples/router.yaml --json | jq '.[] | select(.state !=
 inference-router usage router.yaml                      # a config whose usage.path is set
 inference-router usage --db ~/.cache/router-usage.sqlite --since 1d --by backend,model
 inference-router usage router.yaml --since 2w --by tag --json
+inference-router usage router.yaml --since 1d --by key          # spend per gateway key
 """,
         config="optional",
     )
@@ -208,7 +212,7 @@ inference-router usage router.yaml --since 2w --by tag --json
         type=_group_keys,
         default=("backend", "model", "tag"),
         metavar="KEYS",
-        help="comma-separated: backend, provider, model, alias, tag (default backend,model,tag)",
+        help="comma-separated: backend, provider, model, alias, tag, key (the gateway key; default backend,model,tag)",
     )
 
     check = _command(
@@ -239,6 +243,28 @@ inference-router demo --json | jq '.[].route.backend'
         config=None,
     )
     demo.add_argument("--requests", type=int, default=12, metavar="N", help="how many requests to send (default 12)")
+
+    serve = _command(
+        commands,
+        "serve",
+        "serve the router over HTTP: an OpenAI-compatible gateway for any language",
+        "Serve CONFIG's router as an OpenAI-compatible HTTP gateway: /v1/chat/completions, /v1/completions,\n"
+        "/v1/embeddings, /v1/responses and /v1/models, with the config's `gateway:` keys, limits and\n"
+        "budgets, plus /healthz, /readyz, /metrics and /admin/*. One router per worker process; with\n"
+        "`state: {backend: redis}` the workers (and replicas) share limits, circuits and stats.\n"
+        "SIGTERM finishes requests in flight (up to gateway.shutdown_grace_s); SIGHUP reloads.",
+        """
+inference-router serve router.yaml
+inference-router serve router.yaml --host 0.0.0.0 --port 8080 --workers 4
+curl localhost:8080/v1/chat/completions -H "Authorization: Bearer $KEY" \\
+  -d '{"model": "gpt-oss-120b", "messages": [{"role": "user", "content": "Hi"}]}'
+""",
+    )
+    serve.add_argument("--host", default=None, help="listen address (default: gateway.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (default: gateway.port, 8080; 0: any free)")
+    serve.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="worker processes (default: gateway.workers, 1)"
+    )
     return parser
 
 

@@ -150,4 +150,6 @@ def _print_table(
 def _key_text(key: str, value: str | None) -> str:
     if key == "tag" and value == "":
         return "[dim](untagged)[/]"
+    if key == "key" and value == "":
+        return "[dim](no key)[/]"
     return (value or "–").replace("[", "\\[")

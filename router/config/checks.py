@@ -50,6 +50,21 @@ def cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
                     (("models", alias, "fallbacks", i), f"unknown model {fallback!r}; known: {', '.join(models)}")
                 )
         problems += _unknown_policy(("models", alias, "policy"), model.get("policy"))
+    return problems + _gateway_keys(raw, models)
+
+
+def _gateway_keys(raw: dict[str, Any], models: dict[str, Any]) -> list[tuple[Path_, str]]:
+    """Each gateway key's allowed models must be configured aliases."""
+    gateway = raw.get("gateway")
+    keys = gateway.get("keys") if isinstance(gateway, dict) else None
+    problems: list[tuple[Path_, str]] = []
+    for name, key in keys.items() if isinstance(keys, dict) else ():
+        allowed = key.get("models") if isinstance(key, dict) else None
+        for i, alias in enumerate(allowed if isinstance(allowed, list) else ()):
+            if isinstance(alias, str) and alias not in models:
+                problems.append(
+                    (("gateway", "keys", name, "models", i), f"unknown model {alias!r}; known: {', '.join(models)}")
+                )
     return problems
 
 

@@ -279,6 +279,69 @@ class TelemetryConfig(_Strict):
     """Also serve them over HTTP on this port (`/metrics`)."""
 
 
+def _long_secret(value: SecretStr) -> SecretStr:
+    """A gateway secret must not be guessable: 16 characters at least."""
+    if len(value.get_secret_value()) < 16:
+        raise ValueError("a gateway secret must be at least 16 characters (set it from an environment variable)")
+    return value
+
+
+class GatewayKey(_Strict):
+    """One caller of the gateway (`inference-router serve`): its secret, what it may ask for, its limits."""
+
+    secret: SecretStr
+    """The bearer token callers send (`Authorization: Bearer …`); write `${ENV_VAR}`, never the secret itself."""
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        return _long_secret(value)
+
+    models: list[str] | None = Field(None, min_length=1)
+    """The aliases this key may call (None: every one)."""
+    rpm: int | None = Field(None, ge=1)
+    """Requests per minute."""
+    tpm: int | None = Field(None, ge=1)
+    """Tokens (prompt + completion) per minute; a call that starts under the limit runs to its end."""
+    daily_usd: float | None = Field(None, ge=0)
+    """Spend per UTC day, in USD (route records' `cost_usd`)."""
+    monthly_usd: float | None = Field(None, ge=0)
+    """Spend per UTC calendar month, in USD."""
+    tags: list[str] = Field(default_factory=list)
+    """Added to every call's tags (usage by tag); the key's own tag `key:NAME` is always added."""
+
+
+class GatewayConfig(_Strict):
+    """The HTTP gateway (`inference-router serve`): where it listens, who may call it, how much it takes."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    """Worker processes, each with its own router; with `state: {backend: redis}` they act as one."""
+    keys: dict[str, GatewayKey] = Field(default_factory=dict)
+    """Named keys; none: the gateway is open to anyone who can reach it (bind it to loopback)."""
+    admin_key: SecretStr | None = None
+    """Guards `/admin/*` (deployment health, usage, reload); without it they are off."""
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _long_secret(value)
+
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    """Larger request bodies get 413."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """A request body must arrive within this, or the caller gets 408 (slow clients cannot hold a worker)."""
+    keep_alive_s: float = Field(5.0, gt=0)
+    """Idle keep-alive connections are closed after this."""
+    max_connections: int | None = Field(None, ge=1)
+    """Per worker: more concurrent connections or requests get 503 at once."""
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM, requests in flight (streams included) get this long to finish."""
+    watch: bool = True
+    """Reload the config when its file changes (SIGHUP reloads too)."""
+
+
 class ModelConfig(_Strict):
     """An alias callers ask for: where it is served, and what to try when all of that fails."""
 
@@ -388,6 +451,8 @@ class RouterConfig(_Strict):
     """Routing rules, in order: the first whose `match` holds sets the call's routing choices."""
     usage: UsageConfig = Field(default_factory=UsageConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    """`inference-router serve` only; the SDK ignores it."""
 
 
 _Settings = TypeVar("_Settings", bound=BaseModel)

@@ -19,6 +19,8 @@ Attribution — each call is counted once, on the deployment that answered it:
   provider `(none)` (model `record.requested_model`) when nothing was sent. Tokens and cost the
   record carries (a stream that broke after the commit point was billed for what it sent) are
   counted there too.
+- Keys: calls made through the gateway carry the tag `key:NAME`; grouping by `key` gives one row per
+  key (calls without one under key `""`).
 - Tags: a call's tags (deduplicated, sorted) are part of its key. Grouping by `tag` gives one row
   per tag (untagged calls under tag `""`), so such rows add up to more than the total when calls
   carry several tags; grouping without `tag` counts each call once.
@@ -58,11 +60,14 @@ import anyio.to_thread
 from router.path.events import CallInfo, Observer
 from router.path.record import Attempt, RouteRecord
 
-__all__ = ["GROUP_KEYS", "UsageLedger", "UsageRow", "parse_since", "read_usage"]
+__all__ = ["GROUP_KEYS", "KEY_TAG", "UsageLedger", "UsageRow", "parse_since", "read_usage"]
 
 logger = logging.getLogger("router")
 
-GROUP_KEYS = ("backend", "provider", "model", "alias", "tag")
+GROUP_KEYS = ("backend", "provider", "model", "alias", "tag", "key")
+
+KEY_TAG = "key:"
+"""The gateway tags each call with `key:NAME` (the caller's key); grouping by `key` reads that tag."""
 
 CACHE_BACKEND = "(cache)"
 """Backend and provider of cache hits."""
@@ -89,6 +94,8 @@ class UsageRow:
     model: str | None
     alias: str | None
     tag: str | None
+    key: str | None
+    """The gateway key that made the calls (`""`: none, e.g. calls made through the SDK)."""
     requests: int
     """Calls attributed here (served, cache hits, or failed here)."""
     attempts: int
@@ -472,6 +479,7 @@ def _group(totals: Iterable[tuple[_CallKey, _Counts]], groups: tuple[str, ...]) 
     grouped: dict[tuple[str | None, ...], _Counts] = {}
     for (backend, provider, model, alias, tags), counts in totals:
         fields_of = {"backend": backend, "provider": provider, "model": model, "alias": alias}
+        fields_of["key"] = next((t.removeprefix(KEY_TAG) for t in tags if t.startswith(KEY_TAG)), "")
         for tag in (tags or ("",)) if "tag" in groups else (None,):
             fields_of["tag"] = tag or ""
             key = tuple(fields_of[name] if name in groups else None for name in GROUP_KEYS)
@@ -482,6 +490,6 @@ def _group(totals: Iterable[tuple[_CallKey, _Counts]], groups: tuple[str, ...]) 
 
 
 def _row(key: tuple[str | None, ...], counts: _Counts) -> UsageRow:
-    backend, provider, model, alias, tag = key
+    backend, provider, model, alias, tag, caller = key
     totals: dict[str, Any] = {name: getattr(counts, name) for name in _COUNTERS}
-    return UsageRow(backend=backend, provider=provider, model=model, alias=alias, tag=tag, **totals)
+    return UsageRow(backend=backend, provider=provider, model=model, alias=alias, tag=tag, key=caller, **totals)
