@@ -131,7 +131,7 @@ async def test_a_reload_keeps_open_circuits() -> None:
             await router.reload(changed)
             reply = await router.chat.completions.create(model="m", messages=HI)
     assert fault.count("a") == 2, "the reload forgot a's open circuit"
-    assert [e.reason for e in route_of(reply).excluded if e.candidate == "a/m"][0].startswith("circuit open")
+    assert next(e.reason for e in route_of(reply).excluded if e.candidate == "a/m").startswith("circuit open")
 
 
 async def test_a_reload_honours_a_changed_cache_section() -> None:
