@@ -80,7 +80,7 @@ async def test_lock_wait_s_bounds_the_wait_on_a_live_but_slow_holder(tmp_path: P
             async with AsyncRouter.from_config(cfg) as first, AsyncRouter.from_config(cfg) as second:
                 results: dict[str, tuple[str, bool]] = {}
 
-                async def call(name: str, client: AsyncRouter) -> None:
+                async def call(name: str, client: AsyncRouter, results: dict[str, Any] = results) -> None:
                     results[name] = await ask(client)
 
                 async with anyio.create_task_group() as group:
