@@ -405,3 +405,18 @@ async def test_a_dead_lock_holder_is_waited_out_then_bypassed(httpx2_mock: respx
         waited = anyio.current_time() - started
     assert reply.choices[0].message.content == "cached?" and upstream.call_count == 1
     assert 0.25 <= waited < 2.0
+
+
+def test_the_v1_key_is_stable() -> None:
+    """A `v1` key never changes for the same request: entries stored by another process or an earlier
+    release (SQLite, Redis) stay reachable. Changing the key's format must bump `KEY_VERSION`."""
+    body = {
+        "top_p": None,
+        "messages": [{"role": "user", "content": "héllo ✓"}],
+        "temperature": 0,
+        "seed": 7,
+        "stream": True,
+    }
+    assert cache_key(["b/m", "a/m", "a/m"], body, namespace="t") == (
+        "ir:v1:t:707cd039eaf07abc247d89b07e3c98e614a555275cff740d7c56ce6b5b24c894"
+    )
