@@ -31,9 +31,14 @@ WORK = ROOT / "bench" / ".mutation"
 # module → the fast test files that check it
 TESTS: dict[str, list[str]] = {
     "policies/base.py": ["tests/test_policies.py"],
-    "policies/cheapest.py": ["tests/test_policies.py"],
-    "policies/estimates.py": ["tests/test_policies.py", "tests/test_stats_and_eligibility.py"],
-    "policies/least_loaded.py": ["tests/test_policies.py"],
+    "policies/cheapest.py": ["tests/test_policies.py", "tests/test_promises_policies.py"],
+    "policies/estimates.py": [
+        "tests/test_policies.py",
+        "tests/test_stats_and_eligibility.py",
+        "tests/test_promises_policies.py",
+        "tests/test_policy_routing.py",
+    ],
+    "policies/least_loaded.py": ["tests/test_policies.py", "tests/test_promises_policies.py"],
     "policies/ordered.py": ["tests/test_policies.py"],
     "policies/weighted.py": ["tests/test_policies.py"],
     "policies/__init__.py": ["tests/test_policies.py"],
