@@ -54,6 +54,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_stats_and_eligibility.py",
         "tests/test_routing.py",
         "tests/test_promises_calls.py",
+        "tests/test_promises_eligibility.py",
     ],
     "router/config/rules.py": ["tests/test_rules.py", "tests/test_promises_rules.py"],
     "router/path/circuit.py": ["tests/test_circuit.py"],
