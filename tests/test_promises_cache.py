@@ -85,7 +85,9 @@ async def test_lock_wait_s_bounds_the_wait_on_a_live_but_slow_holder(tmp_path: P
 
                 async with anyio.create_task_group() as group:
                     group.start_soon(call, "first", first)
-                    await anyio.sleep(0.1)  # first holds the lock, its upstream call under way
+                    with anyio.fail_after(5):
+                        while fault.count("a") == 0:  # first holds the lock, its upstream call under way
+                            await anyio.sleep(0.01)
                     group.start_soon(call, "second", second)
             starts = [r.at for r in fault.requests("a")]
         assert len(starts) == expected_upstream, (wait_s, starts)

@@ -171,14 +171,17 @@ async def test_hedging_waits_a_percentile_of_the_measured_ttft_not_after_s() -> 
     not after the (here long) `after_s`."""
     quick = ok("from a", ttft=0.02)
     with FaultServer(a=[quick] * 12 + [ok("from a", ttft=2.0)], b=ok("from b")) as fault:
-        cfg = one(fault, telemetry={"otel": "off"})
+        warm = [{"name": "warm-up", "match": {"tags": ["warm-up"]}, "set": {"hedge": False}}]
+        cfg = one(fault, telemetry={"otel": "off"}, rules=warm)
         cfg["models"]["m"] = {
             "deployments": [{"backend": "a", "model": "m"}, {"backend": "b", "model": "m"}],
             "hedge": {"after_s": 1.5, "after_percentile": 0.9, "max_extra_fraction": 1.0},
         }
         async with AsyncRouter.from_config(cfg) as client:
-            for _ in range(12):  # a's TTFT becomes known: about 20 ms
-                stream = await client.chat.completions.create(model="m", messages=HI, stream=True)
+            for _ in range(12):  # a's TTFT becomes known: about 20 ms (unhedged, so every sample is a's)
+                stream = await client.chat.completions.create(
+                    model="m", messages=HI, stream=True, route={"tags": ["warm-up"]}
+                )
                 async for _ in stream:
                     pass
                 assert route_of(stream).backend == "a" and not route_of(stream).hedged
