@@ -11,7 +11,11 @@ import pytest
 import respx
 
 import router
+from providers import errors as failures
 from router import AsyncRouter
+from router.config.eligibility import Exclusion
+from router.errors import cache_miss, no_candidates, stream_interrupted, to_caller_error, unknown_model
+from router.path.record import Attempt, RouteRecord
 
 pytestmark = pytest.mark.anyio
 URL = "http://x.test/v1"
@@ -81,11 +85,6 @@ def a_outcome(name: str) -> str:
 
 
 # --- what the caller can read off the exception (README "Errors") --------------------------------
-
-from providers import errors as failures  # noqa: E402
-from router.config.eligibility import Exclusion  # noqa: E402
-from router.errors import cache_miss, no_candidates, stream_interrupted, to_caller_error, unknown_model  # noqa: E402
-from router.path.record import Attempt, RouteRecord  # noqa: E402
 
 
 def attempt(backend: str, outcome: str = "server_error", retry_after_s: float | None = None) -> Attempt:
