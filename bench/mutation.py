@@ -57,7 +57,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_promises_eligibility.py",
     ],
     "router/config/rules.py": ["tests/test_rules.py", "tests/test_promises_rules.py"],
-    "router/path/circuit.py": ["tests/test_circuit.py"],
+    "router/path/circuit.py": ["tests/test_circuit.py", "tests/test_promises_circuit.py"],
     "router/errors.py": [
         "tests/test_providers.py",
         "tests/test_routing.py",
