@@ -56,7 +56,11 @@ TESTS: dict[str, list[str]] = {
         "tests/test_promises_calls.py",
         "tests/test_promises_eligibility.py",
     ],
-    "router/config/rules.py": ["tests/test_rules.py", "tests/test_promises_rules.py"],
+    "router/config/rules.py": [
+        "tests/test_rules.py",
+        "tests/test_promises_rules.py",
+        "tests/test_promises_rule_matching.py",
+    ],
     "router/path/circuit.py": ["tests/test_circuit.py", "tests/test_promises_circuit.py"],
     "router/errors.py": [
         "tests/test_providers.py",
