@@ -156,6 +156,14 @@ def run_module(module: str, tests: list[str], *, children: int, sample: int | No
     return results
 
 
+def _diff(workdir: Path, name: str) -> list[str]:
+    """The changed lines of one mutant (`-` original, `+` mutant)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-m", "mutmut", "show", name]
+    shown = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=False).stdout
+    return [line.strip() for line in shown.splitlines() if line[:1] in "+-" and line[:2] not in ("++", "--")]
+
+
 def score(results: dict[str, str]) -> tuple[int, int, float]:
     tested = {k: v for k, v in results.items() if v not in {"skipped", "not checked"}}
     killed = sum(1 for v in tested.values() if v in KILLED)
@@ -169,6 +177,7 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--sample", type=int, help="at most this many mutants per module")
     parser.add_argument("--survivors", action="store_true", help="list the survivors of the last run, run nothing")
+    parser.add_argument("--diffs", action="store_true", help="with each survivor, the line it changed")
     args = parser.parse_args()
     table = dict(TESTS, **(FASTEST if args.with_fastest else {}))
     modules = args.modules or list(table)
@@ -190,6 +199,9 @@ def main() -> None:
         for name, status in sorted(results.items()):
             if status not in KILLED | {"skipped", "not checked"}:
                 print(f"    {status:10} {name}", flush=True)
+                if args.diffs:
+                    for line in _diff(workdir, name):
+                        print(f"        {line}", flush=True)
 
 
 if __name__ == "__main__":
