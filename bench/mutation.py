@@ -65,7 +65,6 @@ TESTS: dict[str, list[str]] = {
     "router/errors.py": [
         "tests/test_providers.py",
         "tests/test_routing.py",
-        "tests/test_faults.py",
         "tests/test_promises_errors.py",
     ],
 }
