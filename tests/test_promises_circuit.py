@@ -127,3 +127,24 @@ def test_a_cancelled_probe_frees_the_slot_and_bad_requests_do_not_count() -> Non
         healthy.record("b", t, failure=FailureKind.BAD_REQUEST)
         healthy.record("b", t, failure=FailureKind.CONTEXT_TOO_LONG)
     assert changes == [] and healthy.view("b", 3).consecutive_failures == 0
+
+
+def test_what_health_shows_of_each_opening() -> None:
+    """The cooldown left (0 when closed), the reason, the last errors (the failure kind without a message),
+    and an opening that ends exactly at its deadline."""
+    circuits, _, _ = watched(failures=100, error_rate=0.5, min_requests=2, window_s=10, cooldown_s=5)
+    assert circuits.view("a", 0).cooldown_remaining_s == 0.0
+    circuits.record("a", 0, failure=BAD)
+    circuits.record("a", 1, failure=BAD)
+    view = circuits.view("a", 1)
+    assert (
+        view.state is OPEN and view.cooldown_remaining_s == 5 and view.opened_by == "100% of 2 recent requests failed"
+    )
+    assert view.recent_errors == ("server_error", "server_error")
+    assert circuits.blocked("a", 5.9) is not None and circuits.blocked("a", 6) is None and circuits.admit("a", 6)
+    short, _, _ = watched(failures=5, cooldown_s=5)
+    short.record("b", 0, failure=FailureKind.RATE_LIMITED, retry_after=0.5)
+    assert short.view("b", 0).state is OPEN and short.rate_limited_for("b", 0.25) == 0.25
+    remote, _, _ = watched(failures=5, cooldown_s=5)
+    remote.open_remotely("c", 20, "3 failures in a row")
+    assert remote.view("c", 10).opened_by == "3 failures in a row"

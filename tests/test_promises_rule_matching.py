@@ -86,3 +86,11 @@ def test_covering_judges_bounds_windows_models_and_flags_exactly() -> None:
     assert not rule(hours_utc="09:00-17:00").covers(rule(1, hours_utc="08:00-18:00"))
     assert not rule(hours_utc="09:00-17:00").covers(rule(1))
     assert rule().covers(rule(1, hours_utc="09:00-17:00", tags=["x"], prompt_tokens_above=5))
+
+
+def test_a_rule_for_one_model_leaves_the_others_alone() -> None:
+    """`match.model`: the rule applies to that alias (or list) only."""
+    only_a = rule(model="a")
+    assert only_a.matches("a", frozenset(), {}, facts(), False)
+    assert not only_a.matches("b", frozenset(), {}, facts(), False)
+    assert rule(model=["a", "b"]).matches("b", frozenset(), {}, facts(), False)

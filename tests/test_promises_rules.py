@@ -112,7 +112,9 @@ async def test_a_rules_streams_buffer_falls_over_after_the_first_token() -> None
     rules = [{"name": "whole", "match": {"tags": ["whole"]}, "set": {"streams": {"commit": "buffer"}}}]
     with FaultServer(a=cut_after(2, "one two three four"), b=ok("from b")) as fault:
         async with AsyncRouter.from_config(two(fault, rules)) as router:
-            stream = await router.chat.completions.create(model="m", messages=HI, stream=True, route={"tags": ["whole"]})
+            stream = await router.chat.completions.create(
+                model="m", messages=HI, stream=True, route={"tags": ["whole"]}
+            )
             assert (await text_of(stream)).strip() == "from b"
             stream = await router.chat.completions.create(model="m", messages=HI, stream=True)
             with pytest.raises(StreamInterruptedError):
@@ -169,3 +171,14 @@ async def test_a_reload_honours_a_changed_state_section(redis_server: RedisServe
             reply = await second.chat.completions.create(model="m", messages=HI)
     assert fault.count("a") == 2, "the other router still sent to a: the reloaded state section was ignored"
     assert any("opened by another process" in e.reason for e in route_of(reply).excluded)
+
+
+async def test_a_rule_that_sets_no_hedge_keeps_the_aliass_hedging() -> None:
+    """A rule changes only what its `set` names: the alias's hedge stays for the calls it matches."""
+    rules = [{"name": "cheap", "match": {"tags": ["cheap"]}, "set": {"policy": "ordered"}}]
+    with FaultServer(a=ok("from a", ttft=0.6), b=ok("from b")) as fault:
+        cfg = two(fault, rules)
+        cfg["models"]["m"]["hedge"] = {"after_s": 0.05, "max_extra_fraction": 1}
+        async with AsyncRouter.from_config(cfg) as router:
+            reply = await router.chat.completions.create(model="m", messages=HI, route={"tags": ["cheap"]})
+    assert route_of(reply).rule == "cheap" and route_of(reply).hedged and route_of(reply).backend == "b"
