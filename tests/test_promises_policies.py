@@ -32,7 +32,7 @@ def test_cached_prompt_tokens_are_charged_at_the_cached_price_and_clamped() -> N
     usd = token_cost_usd(PRICE, RequestProfile(prompt_tokens=1_000_000, output_tokens=0, cached_prompt_tokens=400_000))
     assert usd == pytest.approx(0.6 + 0.04)
     assert token_cost_usd(PRICE, RequestProfile(1_000_000, 0, cached_prompt_tokens=5_000_000)) == pytest.approx(0.1)
-    assert token_cost_usd(PRICE, RequestProfile(1_000_000, 0, cached_prompt_tokens=-5)) == pytest.approx(1.0)
+    assert token_cost_usd(PRICE, RequestProfile(1_000_000, 0, cached_prompt_tokens=-5)) == pytest.approx(1.0, abs=1e-12)
     assert token_cost_usd(PRICE, RequestProfile(1_000_000, 0, cached_prompt_tokens=1)) == pytest.approx(1.0 - 0.9e-6)
     no_cached_rate = Price(input_per_mtok=1.0, output_per_mtok=2.0)
     assert token_cost_usd(no_cached_rate, RequestProfile(1_000_000, 500_000, cached_prompt_tokens=10)) == pytest.approx(
@@ -92,3 +92,21 @@ def test_least_loaded_weighs_outstanding_requests_by_capacity() -> None:
         for seed in range(20)
     }
     assert firsts == {"big"}
+
+
+def test_least_loaded_spreads_two_equal_deployments() -> None:
+    """Power of two choices among near-equals: two idle, equal deployments both get first place
+    (concurrent callers do not herd onto one)."""
+    a, b = cand("a", 0), cand("b", 1)
+    same = DeploymentStats(in_flight=0, ttft_s=0.1, latency_s=0.2, last_used_at=0.5)
+
+    class View:
+        def get(self, candidate_id: str) -> DeploymentStats | None:
+            return same
+
+    policy = get_policy("least-loaded")
+    firsts = [
+        policy.rank([a, b], View(), request=RequestProfile(10, 10), now=1.0, rng=random.Random(seed))[0].backend
+        for seed in range(40)
+    ]
+    assert 10 <= firsts.count("a") <= 30, firsts
