@@ -107,6 +107,9 @@ def test_a_status_error_carries_the_providers_error_body_status_url_and_attempts
     assert error.body == {"message": "bad field", "param": "n"} and error.status_code == 422  # type: ignore[attr-defined]
     assert str(error.request.url) == url and error.attempts == tried  # type: ignore[attr-defined]
     assert str(error) == "x: bad field (after 1 attempt: x/m: bad_request)"
+    route = record()
+    other = to_caller_error(failures.ServerError("x: 500", body={"detail": "boom"}), tried, route)
+    assert other.body == {"detail": "boom"} and other.route is route  # type: ignore[attr-defined]
     plain = to_caller_error(failures.BadRequest("x: no", body="not json"), [], None)
     assert type(plain) is router.BadRequestError and plain.body == "not json" and plain.status_code == 400  # type: ignore[attr-defined]
     assert str(plain.request.url) == "http://inference-router.invalid/chat/completions"
@@ -170,6 +173,8 @@ def test_the_message_lists_the_last_six_attempts_and_counts_the_rest() -> None:
     )
     six = str(to_caller_error(failures.ServerError("b5: down"), tried[:6], None))
     assert "earlier" not in six and six.count("server_error") == 6 and "after 6 attempts:" in six
+    seven = str(to_caller_error(failures.ServerError("b6: down"), tried[:7], None))
+    assert "after 7 attempts: 1 earlier, b1/m" in seven
     assert str(to_caller_error(failures.ServerError("down"), [], None)) == "down"
 
 
@@ -183,6 +188,7 @@ def test_errors_raised_before_any_attempt_name_what_to_do() -> None:
     assert str(unknown_model("x", [])).endswith("known models: none")
     miss = cache_miss("m", route)
     assert type(miss) is router.CacheMissError and miss.status_code == 504 and miss.route is route
+    assert str(miss) == "'m': the answer is not in the cache (route cache: only-if-cached)"
     assert miss.body == {"message": "'m': the answer is not in the cache (route cache: only-if-cached)"}
     none = no_candidates("m", [Exclusion("a/m", "excluded by hint"), Exclusion("b/m", "no tools")], route)
     assert none.status_code == 400 and none.route is route and none.attempts == []
@@ -197,7 +203,10 @@ def test_stream_interrupted_keeps_the_partial_answer_the_body_and_the_attempts()
     usage = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
     tried = [attempt("x", "stream_broken")]
     error = stream_interrupted(failures.StreamBroken("x: cut", body={"code": 1}), "Hello", usage, tried, record())
+    route = record()
+    error = stream_interrupted(failures.StreamBroken("x: cut", body={"code": 1}), "Hello", usage, tried, route)
     assert (error.partial_text, error.usage, error.attempts, error.body) == ("Hello", usage, tried, {"code": 1})
+    assert error.route is route
     assert (
         str(error)
         == "stream interrupted after 5 characters of the answer: x: cut (after 1 attempt: x/m: stream_broken)"
