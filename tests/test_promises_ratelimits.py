@@ -45,13 +45,13 @@ def test_rate_limit_windows_and_the_tightest() -> None:
     info = parse_rate_limits(
         {
             "content-type": "application/json",
+            "x-ratelimit-something-else": "3",  # an unknown window is skipped, the rest still read
             "x-ratelimit-limit-tokens-day": "1000",
             "x-ratelimit-remaining-tokens-day": "1",
             "x-ratelimit-remaining-tokens-minute": "0",
             "x-ratelimit-reset-tokens-minute": "11.38",
             "x-ratelimit-remaining-requests-day": "5",
             "x-ratelimit-remaining-requests-hour": "not a number",
-            "x-ratelimit-something-else": "3",
         }
     )
     assert info and not RateLimitInfo()
