@@ -93,14 +93,42 @@ class _EveryLogLine(logging.Handler):
         self.lines.append(self.format(record))
 
 
+CHILD_SITE = Path(__file__).resolve().parent / "child_site"
+CHILD_LOGS_VAR = "ROUTER_TEST_CHILD_LOGS"
+
+
+def child_logs(folder: Path) -> tuple[str, set[str]]:
+    """What the child processes wrote to `folder` (see `child_site/sitecustomize.py`): their log
+    lines and stderr, and the API keys they were configured with."""
+    text: list[str] = []
+    keys: set[str] = set()
+    for path in sorted(folder.glob("*.log")):
+        text.append(path.read_text(errors="replace"))
+    for path in sorted(folder.glob("*.keys")):
+        keys.update(line for line in path.read_text().splitlines() if len(line) >= 6)
+    return "\n".join(text), keys
+
+
+def leaked(keys: set[str], text: str) -> list[str]:
+    """The keys found in `text`, shortened so the failure message does not leak them in turn."""
+    return sorted(key[:4] + "…" for key in keys if key in text)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_secret_in_any_log() -> Iterator[None]:
-    """Grep all log output of the whole suite for every API key any test configured.
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Grep all log output of the whole suite — child processes included — for every API key.
 
     Every adapter's key is recorded as it is made; at the end of the session none of them
-    (long enough to grep for) may appear in any log line, traceback included.
+    (long enough to grep for) may appear in any log line, traceback included. Every Python child
+    process a test starts inherits `PYTHONPATH` with `child_site/`, whose `sitecustomize` writes
+    the child's log lines, stderr and configured keys to a folder read here at the end.
     """
     from providers.base import OpenAICompatible
+
+    folder = tmp_path_factory.mktemp("child-logs")
+    saved_env = {name: os.environ.get(name) for name in (CHILD_LOGS_VAR, "PYTHONPATH")}
+    os.environ[CHILD_LOGS_VAR] = str(folder)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHILD_SITE), saved_env["PYTHONPATH"]) if p)
 
     keys: set[str] = set()
     original = OpenAICompatible.__init__
@@ -125,9 +153,17 @@ def no_secret_in_any_log() -> Iterator[None]:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
         OpenAICompatible.__init__ = original  # type: ignore[method-assign]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     text = "\n".join(capture.lines)
-    leaked = sorted(key for key in keys if key in text)
-    assert not leaked, f"API keys found in log output: {[k[:4] + '…' for k in leaked]}"
+    found = leaked(keys, text)
+    assert not found, f"API keys found in log output: {found}"
+    child_text, child_keys = child_logs(folder)
+    found = leaked(keys | child_keys, child_text)
+    assert not found, f"API keys found in the log output or stderr of a child process: {found} (logs in {folder})"
 
 
 @pytest.fixture
@@ -151,7 +187,7 @@ def _start(model: Path, name: str) -> object:
     try:
         return server.start()
     except LlamaCppServerError as exc:
-        unavailable(f"cannot start a llama.cpp server: {exc}")
+        unavailable(f"cannot start a llama.cpp server ({exc}): it comes from the local extra, pip install -e '.[test]'")
         raise
 
 

@@ -200,7 +200,7 @@ def redis_fixture(*, password: str | None = None, scope: Any = "function") -> Ca
             server.start()
         except RedisServerError as exc:
             server.stop()
-            unavailable(f"cannot start redis-server: {exc}")
+            unavailable(f"cannot start redis-server ({exc}): is it installed? apt-get install redis-server")
         try:
             yield server
         finally:

@@ -67,7 +67,9 @@ def test_processes_share_one_cache_and_one_upstream_call(
         cache["url"] = server.url
     with FaultServer(a=ok("the answer", ttft=0.5)) as fault:
         config = {
-            "backends": {"a": {"provider": "openai", "base_url": fault.base_url("a")}},
+            "backends": {
+                "a": {"provider": "openai", "base_url": fault.base_url("a"), "api_key": "sk-cache-child-test-key"}
+            },
             "models": {"m": {"deployments": [{"backend": "a", "model": "m"}]}},
             "cache": cache,
         }

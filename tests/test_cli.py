@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from router.cli import main
 from router.observe.usage import UsageLedger
 from router.path.events import CallInfo
 from router.path.record import Attempt, RouteRecord
-from tests.fault_server import FaultServer, cut_after, ok, status
+from tests.fault_server import FaultServer, cut_after, ok, silent, status
 
 TEXT = "alpha beta gamma"
 COMMANDS = ("chat", "explain", "health", "usage", "check", "demo")
@@ -506,3 +507,66 @@ def test_the_matched_rule_is_shown_by_explain_and_chat(
     assert "m: policy cheapest · rule batch-cheap · tags batch" in out and "excluded broken/x: " in out
     assert main(["chat", config, "-m", "m", "hi", "--tag", "batch"]) == 0
     assert "· rule batch-cheap" in capsys.readouterr().err
+
+
+# --- exit codes the README promises: --deadline, Ctrl-C (130), demo without the local extra (1) ---
+
+
+def test_chat_deadline_bounds_the_whole_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`chat --deadline 0.5`: two silent backends cost half a second, not their 3 s first-token deadlines."""
+    with FaultServer(max_hold_s=5.0, good=silent(), broken=silent(), cut=silent()) as quiet:
+        config = write_config(tmp_path, quiet)
+        started = time.monotonic()
+        assert main(["chat", config, "-m", "m", "hi", "--deadline", "0.5", "--no-stream"]) == 3
+        took = time.monotonic() - started
+    assert took < 2.0, f"took {took:.1f}s"
+    assert capsys.readouterr().err.startswith("error: APITimeoutError: ")
+
+
+def test_ctrl_c_exits_130(tmp_path: Path) -> None:
+    """SIGINT while `chat` waits on a backend: the process says so and exits 130."""
+    with FaultServer(max_hold_s=10.0, good=silent(), broken=silent(), cut=silent()) as quiet:
+        config = write_config(tmp_path, quiet)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "chat", config, "-m", "m", "hi"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while quiet.count("broken") == 0:  # the call is under way
+                assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+                time.sleep(0.02)
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 130, (process.returncode, err)
+    assert "interrupted" in err and "Traceback" not in err
+
+
+BLOCK_LOCAL = (
+    "import sys; sys.modules.update(xllamacpp=None, gguf=None, numpy=None); "  # as if the extra were not installed
+    "from router.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def test_demo_without_the_local_extra_exits_1_saying_how_to_install_it() -> None:
+    """`demo` without xllamacpp/gguf/numpy: exit 1 and the install command, as text and as JSON."""
+    text = subprocess.run(
+        [sys.executable, "-c", BLOCK_LOCAL, "demo", "--requests", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert text.returncode == 1, text.stderr
+    assert "pip install 'inference-router[local]'" in text.stderr and "Traceback" not in text.stderr
+    as_json = subprocess.run(
+        [sys.executable, "-c", BLOCK_LOCAL, "demo", "--requests", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert as_json.returncode == 1
+    error = json.loads(as_json.stdout)["error"]
+    assert error["type"] == "ModuleNotFoundError" and "inference-router[local]" in error["message"]

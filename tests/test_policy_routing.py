@@ -194,12 +194,21 @@ async def test_explain_sends_nothing_and_gives_reasons(httpx2_mock: respx.Router
     assert not httpx2_mock.calls
 
 
-def test_cli_explain(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+def test_cli_explain(capsys: pytest.CaptureFixture[str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`explain --json` gives the policy's exact ranking, DeepSeek's peak and off-peak prices alike."""
+    import providers.deepseek
+
     path = tmp_path / "r.json.yaml"
     path.write_text(json.dumps(HOSTED))
-    assert main(["explain", str(path), "-m", "oss", "--prompt", "hello", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["ranking"][0]["candidate"] in ("groq/openai/gpt-oss-120b", "deepseek/deepseek-flash")
+    expected = {
+        True: ["groq/openai/gpt-oss-120b", "cerebras/gpt-oss-120b", "deepseek/deepseek-flash"],
+        False: ["groq/openai/gpt-oss-120b", "deepseek/deepseek-flash", "cerebras/gpt-oss-120b"],
+    }
+    for peak, ranking in expected.items():  # the clock decides DeepSeek's price: fix it, not the real time
+        monkeypatch.setattr(providers.deepseek, "deepseek_is_peak", lambda when, peak=peak: peak)
+        assert main(["explain", str(path), "-m", "oss", "--prompt", "hello", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert [line["candidate"] for line in data["ranking"]] == ranking, peak
     assert all(line["expected_cost_usd"] > 0 for line in data["ranking"])
     assert main(["explain", str(path), "-m", "oss", "--policy", "ordered"]) == 0
     table = capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -82,14 +83,14 @@ async def test_a_cut_stream_is_continued_seamlessly_by_a_prefill_capable_deploym
 
 
 async def test_a_target_that_rejects_the_prefill_does_not_hide_the_original_failure(
-    llama_pair: Any, httpx2_mock: respx.Router
+    httpx2_mock: respx.Router,
 ) -> None:
+    """The continuation target refuses the prefill: the caller gets the original break (no llama.cpp needed)."""
     httpx2_mock.post(FAKE).mock(side_effect=cut_after("Hello"))
     rejecting = httpx2_mock.post("http://127.0.0.1:9/v1/chat/completions").mock(
         return_value=httpx.Response(400, json={"error": {"message": "assistant prefill is not supported"}})
     )
-    cfg = config(llama_pair[0], target="vllm")
-    cfg["backends"]["local"]["base_url"] = "http://127.0.0.1:9/v1"
+    cfg = config(SimpleNamespace(base_url="http://127.0.0.1:9/v1"), target="vllm")
     async with AsyncRouter.from_config(cfg) as router:
         stream = await router.chat.completions.create(model="tiny", messages=PROMPT, stream=True)
         with pytest.raises(StreamInterruptedError) as caught:

@@ -83,7 +83,10 @@ def max_overlap(starts: list[float], hold: float) -> int:
 
 def config(fault: FaultServer, redis: RedisServer, **capped: Any) -> dict[str, Any]:
     return {
-        "backends": {n: {"provider": "openai", "base_url": fault.base_url(n)} for n in fault.names},
+        "backends": {  # a key, so the suite's key grep has something to find in the workers' logs
+            n: {"provider": "openai", "base_url": fault.base_url(n), "api_key": f"sk-shared-{n}-test-key"}
+            for n in fault.names
+        },
         "models": {"m": {"deployments": [{"backend": "a", "model": "m", **capped}, {"backend": "b", "model": "m"}]}},
         "state": {"backend": "redis", "url": redis.url, "refresh_s": 0.05},
         "circuit": {"failures": 2, "cooldown_s": 30},

@@ -309,7 +309,9 @@ async def test_run_flushes_in_the_background(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_without_a_path_nothing_is_written(tmp_path: Path) -> None:
+async def test_without_a_path_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `usage.path` the totals stay in memory: no file appears, not even a default one in the cwd."""
+    monkeypatch.chdir(tmp_path)  # where a relative default file would land
     ledger = UsageLedger()
     ledger.call_succeeded(served("a"))
     await ledger.flush()

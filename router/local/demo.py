@@ -144,7 +144,9 @@ def run_demo(requests: int = 12, *, as_json: bool = False) -> int:
         if as_json:
             print(json.dumps({"error": {"type": "ModuleNotFoundError", "message": message}}))
         else:
-            progress.print(f"[red]{message}[/]", markup=True, highlight=False)
+            from rich.markup import escape  # "[local]" is not a style tag: print the command as it is
+
+            progress.print(f"[red]{escape(message)}[/]", markup=True, highlight=False, soft_wrap=True)
         return 1
     if as_json:
         print(
