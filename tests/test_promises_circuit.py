@@ -10,13 +10,15 @@ import pytest
 
 from providers import FailureKind
 from router.config import CircuitConfig
-from router.path.circuit import Circuits, CircuitState
+from router.path.circuit import Admission, Circuits, CircuitState
 
 BAD = FailureKind.SERVER_ERROR
 OPEN, CLOSED, HALF = CircuitState.OPEN, CircuitState.CLOSED, CircuitState.HALF_OPEN
 
 
 def watched(**config: float) -> tuple[Circuits, list[tuple[str, str, str, str]], list[tuple[str, float, str]]]:
+    """Circuits with these settings (cooldowns exact: no jitter unless asked) and what they tell."""
+    config.setdefault("jitter", 0.0)
     circuits = Circuits(CircuitConfig(**config))  # type: ignore[arg-type]
     changes: list[tuple[str, str, str, str]] = []
     openings: list[tuple[str, float, str]] = []
@@ -31,10 +33,10 @@ def test_every_state_change_is_told_with_its_reason() -> None:
     circuits, changes, openings = watched(failures=2, cooldown_s=10, max_cooldown_s=100)
     circuits.record("a", 0, failure=BAD)
     circuits.record("a", 1, failure=BAD)
-    assert circuits.admit("a", 11)
-    circuits.record("a", 11, failure=BAD, message="still down")
-    assert not circuits.admit("a", 30) and circuits.admit("a", 31)
-    circuits.record("a", 31, failure=None)
+    assert circuits.admit("a", 11) is Admission.PROBE
+    circuits.record("a", 11, failure=BAD, message="still down", probe=True)
+    assert not circuits.admit("a", 30) and circuits.admit("a", 31) is Admission.PROBE
+    circuits.record("a", 31, failure=None, probe=True)
     assert changes == [
         ("a", "closed", "open", "2 failures in a row"),
         ("a", "open", "half_open", "cooldown over: one probe request let through"),
@@ -108,10 +110,10 @@ def test_an_opening_from_another_process_is_respected_unless_our_probe_is_out() 
     assert circuits.view("a", 10).cooldown_remaining_s == 15
     probing, changed, _ = watched(failures=1, cooldown_s=5)
     probing.record("b", 0, failure=BAD)
-    assert probing.admit("b", 5)  # our probe is out
+    assert probing.admit("b", 5) is Admission.PROBE  # our probe is out
     probing.open_remotely("b", 100, "elsewhere")
     assert probing.view("b", 6).state is HALF
-    probing.record("b", 6, failure=None)
+    probing.record("b", 6, failure=None, probe=True)
     assert probing.view("b", 6).state is CLOSED and changed[-1][3] == "probe succeeded"
 
 
@@ -119,9 +121,9 @@ def test_a_cancelled_probe_frees_the_slot_and_bad_requests_do_not_count() -> Non
     """`release` after a cancelled probe lets the next one through; a 400 says nothing of health."""
     circuits, _, _ = watched(failures=1, cooldown_s=5)
     circuits.record("a", 0, failure=BAD)
-    assert circuits.admit("a", 5) and not circuits.admit("a", 5.1)
-    circuits.release("a")
-    assert circuits.admit("a", 5.2)
+    assert circuits.admit("a", 5) is Admission.PROBE and not circuits.admit("a", 5.1)
+    circuits.release("a", probe=True)
+    assert circuits.admit("a", 5.2) is Admission.PROBE
     healthy, changes, _ = watched(failures=1, cooldown_s=5)
     for t in range(3):
         healthy.record("b", t, failure=FailureKind.BAD_REQUEST)
