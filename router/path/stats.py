@@ -31,13 +31,23 @@ _MIN_SAMPLES = 8
 
 @dataclass(slots=True)
 class PeakEwma:
-    """One latency estimate: peak-sensitive, decaying toward zero while unused."""
+    """One latency estimate: peak-sensitive, decaying while unused toward the fastest this
+    deployment has been seen to answer (not toward zero)."""
 
     estimate: float
     stamp: float
+    floor: float = math.inf
+    """The lowest sample seen: where an unused estimate decays to. Decaying to zero made an idle
+    slow deployment look faster than a busy fast one whose samples carry the caller's own event-loop
+    lag (`fastest` under concurrency); rediscovery of a deployment that got faster is the probes' job."""
+
+    def __post_init__(self) -> None:
+        self.floor = min(self.floor, self.estimate)
 
     def observe(self, sample: float, now: float) -> None:
         """Fold in a sample: a higher one wins at once, a lower one blends in."""
+        if sample < self.floor:
+            self.floor = sample
         if sample > self.estimate:
             self.estimate = sample
         else:
@@ -46,8 +56,9 @@ class PeakEwma:
         self.stamp = now
 
     def read(self, now: float) -> float:
-        """The estimate as of `now`, decayed for the time since the last sample."""
-        return self.estimate * math.exp(-max(0.0, now - self.stamp) / DECAY_S)
+        """The estimate as of `now`, decayed toward the floor for the time since the last sample."""
+        floor = self.floor
+        return floor + (self.estimate - floor) * math.exp(-max(0.0, now - self.stamp) / DECAY_S)
 
 
 def _ewma(old: float | None, sample: float) -> float:
