@@ -420,3 +420,43 @@ def test_the_v1_key_is_stable() -> None:
     assert cache_key(["b/m", "a/m", "a/m"], body, namespace="t") == (
         "ir:v1:t:707cd039eaf07abc247d89b07e3c98e614a555275cff740d7c56ce6b5b24c894"
     )
+
+
+@pytest.mark.anyio
+async def test_an_answer_stored_while_taking_the_lock_is_used_not_fetched_again() -> None:
+    """Single-flight across processes: the holder stores its answer and lets go of the lock between
+    a waiter's last look and its taking the lock; the waiter must find the answer, not go upstream."""
+    from router.cache import Entry, ResponseCache
+    from router.config import CacheConfig
+
+    answer = Entry("completion", 0.0, [{"id": "x"}]).encode()
+
+    class OtherProcessFinishesMidWait:
+        """The lock is held elsewhere at first; the answer appears right after the waiter's first look."""
+
+        def __init__(self) -> None:
+            self.looks = 0
+            self.locks = 0
+            self.released: list[str] = []
+
+        async def get(self, key: str) -> bytes | None:
+            self.looks += 1
+            return None if self.looks == 1 else answer
+
+        async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+        async def delete(self, key: str) -> None: ...
+
+        async def acquire(self, key: str, ttl_s: float) -> bool:
+            self.locks += 1
+            return self.locks > 1  # held by the other process, then free
+
+        async def release(self, key: str) -> None:
+            self.released.append(key)
+
+        async def aclose(self) -> None: ...
+
+    store = OtherProcessFinishesMidWait()
+    cache = ResponseCache(CacheConfig(backend="memory"), store=store)  # type: ignore[arg-type]
+    assert await cache.join("k", wait_s=5.0) is False  # not the leader: the answer is there
+    assert store.released == ["k:lock"] and (await cache.lookup("k")) is not None

@@ -149,6 +149,11 @@ class ResponseCache:
                 await anyio.sleep(0.02)
         if shared:
             self._locked.add(key)
+            # Checked again under the lock: the holder we waited on may have stored its answer and let
+            # go between our last look and our taking the lock. Without this, a second upstream call.
+            if await self.lookup(key) is not None:
+                await self.done(key)
+                return False
         return True
 
     async def done(self, key: str, *, locked: bool = True) -> None:
