@@ -185,3 +185,22 @@ def test_config_price_overrides_the_list_and_self_hosted_per_hour() -> None:
 def test_unknown_hint_key_is_named() -> None:
     with pytest.raises(ValueError, match=r"unknown routing hint 'polcy'; known: policy, deadline_s"):
         RouteHints.coerce({"polcy": "cheapest"})
+
+
+def test_a_load_report_stops_counting_our_requests_once_they_end() -> None:
+    """A server's `running` includes our requests in flight when it was read; once they end, only the
+    other clients' share of the report still counts (else a report one poll old keeps a deployment
+    looking busy that we have just left idle)."""
+    from providers.load import ServerLoad
+
+    stats = MemoryStats()
+    for _ in range(3):
+        stats.try_begin("gpu/m", 0.0)
+    stats.observe_server_load("gpu", ServerLoad(running=5, waiting=1, slots=8, kv_cache_usage=None))
+    assert stats.view(0.0).get("gpu/m").server_running == 5  # type: ignore[union-attr]
+    for _ in range(3):
+        stats.end("gpu/m", 1.0, ok=True, seconds=1.0)
+    seen = stats.view(1.0).get("gpu/m")
+    assert seen is not None and seen.in_flight == 0 and seen.server_running == 2  # the other clients' two
+    stats.try_begin("gpu/m", 2.0)
+    assert stats.view(2.0).get("gpu/m").server_running == 3  # type: ignore[union-attr]

@@ -105,6 +105,8 @@ class PeerView:
 class _Server:
     load: ServerLoad | None = None
     probe_ok: bool | None = None
+    ours_at_report: int = 0
+    """Our requests in flight to this server when its load was read: its `running` count includes them."""
 
 
 class MemoryStats:
@@ -207,6 +209,8 @@ class MemoryStats:
         server.probe_ok = load is not None
         if load is not None:
             server.load = load
+            prefix = backend + "/"
+            server.ours_at_report = sum(d.in_flight for cid, d in self._deployments.items() if cid.startswith(prefix))
 
     def first_token_percentile(self, candidate_id: str, *, stream: bool, percentile: float) -> float | None:
         """A high percentile of recent time-to-first-token (streams) or latency (non-streams); None
@@ -264,7 +268,7 @@ class MemoryStats:
             latency_s=_worst(d.latency.read(now) if d.latency else None, p.latency_s),
             tokens_per_s=d.tokens_per_s if d.tokens_per_s is not None else p.tokens_per_s,
             last_used_at=d.last_used_at,
-            server_running=load.running if load else None,
+            server_running=_running_now(load, server, d.in_flight),
             server_waiting=load.waiting if load else None,
             server_slots=load.slots if load else None,
             kv_cache_usage=load.kv_cache_usage if load else None,
@@ -277,6 +281,15 @@ class MemoryStats:
 
 
 _NO_PEERS = PeerView()
+
+
+def _running_now(load: ServerLoad | None, server: _Server | None, ours_now: int) -> int | None:
+    """The server's running count brought up to date with ours: the other clients' share of its last
+    report, plus what we have in flight now (a report up to one poll old would otherwise keep
+    counting our requests that have since ended)."""
+    if load is None or load.running is None or server is None:
+        return None
+    return max(0, load.running - server.ours_at_report) + ours_now
 
 
 def _worst(mine: float | None, theirs: float | None) -> float | None:
