@@ -67,12 +67,11 @@ def _hints_and_body(
     return RouteHints.coerce(dict(chosen) if isinstance(chosen, Mapping) else chosen), extra
 
 
-def _chat_body(
-    messages: Iterable[ChatCompletionMessageParam], params: Mapping[str, Any], extra: dict[str, Any]
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"messages": jsonable(list(messages))}
+def _request_body(first: dict[str, Any], params: Mapping[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A fast-path request body: the call's main field, its other given arguments, then `extra_body`."""
+    body = {name: jsonable(value) for name, value in first.items()}
     for key, value in params.items():
-        if not isinstance(value, (openai.NotGiven, openai.Omit)):
+        if not isinstance(value, NOT_SENT):
             body[key] = jsonable(value)
     if extra:
         body.update(jsonable(extra))
@@ -184,7 +183,7 @@ class RoutedAsyncCompletions(AsyncCompletions):
         result = await self._client._engine.route(
             "chat",
             model,
-            _chat_body(messages, params, extra),
+            _request_body({"messages": list(messages)}, params, extra),
             stream=streaming,
             hints=hints,
             timeout_s=timeout_seconds(timeout),
@@ -236,8 +235,7 @@ class RoutedAsyncEmbeddings(AsyncEmbeddings):
             )
             return cast(CreateEmbeddingResponse, raw)
         hints, extra = _hints_and_body(route, extra_body)
-        body = {"input": jsonable(input), **{k: jsonable(v) for k, v in params.items() if not isinstance(v, NOT_SENT)}}
-        body.update(jsonable(extra))
+        body = _request_body({"input": input}, params, extra)
         answered = await self._client._engine.route(
             "embeddings",
             model,
