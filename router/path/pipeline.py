@@ -785,7 +785,16 @@ class RequestPath:
         call: Call,
         operation: Callable[[Deployment, dict[str, Any], Deadlines, Call], Awaitable[T]],
     ) -> _Served[T]:
-        """Retry one deployment while it can help, within the call's attempts and deadline."""
+        """Retry one deployment while it can help, within the call's attempts and deadline.
+
+        The first attempt runs outside tenacity: the calls that succeed at once (nearly all) build no
+        retry machinery, whose reference cycles the garbage collector would otherwise have to find (its
+        pauses land in every in-flight call's latency, and so in the stats). A first failure is replayed
+        into tenacity as its attempt 1, so backoff and stop see exactly what they would have."""
+        try:
+            return await self._attempt_once(deployment, call, operation)
+        except ProviderError as failure:
+            first_failure: ProviderError | None = failure
 
         def worth_retrying(error: BaseException) -> bool:
             return (
@@ -818,6 +827,9 @@ class RequestPath:
         )
         async for attempt in retrying:
             with attempt:
+                if first_failure is not None:
+                    replayed, first_failure = first_failure, None
+                    raise replayed
                 return await self._attempt_once(deployment, call, operation)
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
