@@ -43,6 +43,7 @@ from providers.errors import (
     StreamBroken,
     Unsupported,
 )
+from providers.http import WireResponse, post
 from providers.ratelimits import RateLimitInfo, parse_rate_limits, parse_retry_after, retry_after_from_message
 from providers.sse import SSEDeadline, SSEReader
 
@@ -308,7 +309,7 @@ class OpenAICompatible:
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, Any] | None = None,
         endpoint: str = "chat",
-    ) -> httpx2.Response:
+    ) -> WireResponse:
         missing = self._missing_key()
         if missing is not None:
             raise missing
@@ -318,19 +319,14 @@ class OpenAICompatible:
         url = self._url if endpoint == "chat" else self.base_url + self.endpoint_paths[endpoint]
         if endpoint == "chat" and self.prefill_path and _ends_with_assistant(body):
             url = self.base_url + self.prefill_path
-        request = client.build_request(
-            "POST",
-            url,
-            content=pydantic_core.to_json(body),
-            headers=headers,
-            params=extra_query,
-            timeout=httpx2.Timeout(None, connect=deadlines.connect_s),
-        )
-        response: httpx2.Response | None = None
+        content = pydantic_core.to_json(body)
+        response: WireResponse | None = None
         failure: ProviderError | None = None
         try:
             with anyio.CancelScope(deadline=min(deadlines.first_token_at, deadlines.total_at)):
-                response = await client.send(request, stream=True)
+                response = await post(
+                    client, url, content=content, headers=headers, params=extra_query, connect_s=deadlines.connect_s
+                )
         except httpx2.TransportError as exc:
             failure = self._transport_failure(exc, deadlines)
         if failure is not None:
@@ -353,7 +349,7 @@ class OpenAICompatible:
             return ProviderTimeout(f"{self.name}: timed out ({exc})")
         return ConnectionFailed(f"{self.name}: connection failed ({exc})")
 
-    async def _raise_for_status(self, response: httpx2.Response, deadlines: Deadlines) -> None:
+    async def _raise_for_status(self, response: WireResponse, deadlines: Deadlines) -> None:
         raw = b""
         try:
             with anyio.move_on_after(max(0.0, min(5.0, deadlines.total_at - anyio.current_time()))):
@@ -389,7 +385,7 @@ class OpenAICompatible:
             self.check_finish(choice.finish_reason)
         return Completed(completion, self.usage_of(completion), parse_rate_limits(response.headers))
 
-    async def _read_body(self, response: httpx2.Response, deadlines: Deadlines) -> bytes:
+    async def _read_body(self, response: WireResponse, deadlines: Deadlines) -> bytes:
         """The whole body of a non-streamed answer, by the response deadline; a lost or late body raises."""
         raw: bytes | None = None
         lost: str | None = None
@@ -626,7 +622,7 @@ class ChunkStream:
     def __init__(
         self,
         adapter: OpenAICompatible,
-        response: httpx2.Response,
+        response: WireResponse,
         deadlines: Deadlines,
         *,
         choices: int,
@@ -735,7 +731,7 @@ class EventStream(ChunkStream):
     def __init__(
         self,
         adapter: OpenAICompatible,
-        response: httpx2.Response,
+        response: WireResponse,
         deadlines: Deadlines,
         *,
         endpoint: str,

@@ -56,20 +56,22 @@ def mocked_backends(**options: Any) -> Iterator[respx.Router]:
 def aiohttp_stays_on_loopback() -> Iterator[None]:
     """No test reaches the internet: the production transport may only talk to this machine (hosted
     providers are mocked through `httpx2_mock` / `mocked_backends`, which swap it for httpx2's)."""
+    from urllib.parse import urlsplit
+
     from providers.http import AiohttpTransport
 
-    original = AiohttpTransport.handle_async_request
+    original = AiohttpTransport._open_response
 
-    async def loopback_only(self: AiohttpTransport, request: httpx2.Request) -> httpx2.Response:
-        host = request.url.host
+    async def loopback_only(self: AiohttpTransport, method: str, url: str, **kwargs: Any) -> Any:
+        host = urlsplit(url).hostname or ""
         if not (host in ("localhost", "::1") or host.startswith("127.")):
             raise AssertionError(
-                f"a test sent {request.method} {request.url} through aiohttp: mock hosted providers with "
+                f"a test sent {method} {url} through aiohttp: mock hosted providers with "
                 "the httpx2_mock fixture or tests.conftest.mocked_backends"
             )
-        return await original(self, request)
+        return await original(self, method, url, **kwargs)
 
-    with mock_patch.object(AiohttpTransport, "handle_async_request", loopback_only):
+    with mock_patch.object(AiohttpTransport, "_open_response", loopback_only):
         yield
 
 

@@ -6,12 +6,14 @@ environment and how aiohttp's failures are named.
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from typing import Any
 
 import httpx2
 import pytest
 
-from providers.http import AiohttpTransport, backend_client
+from providers.http import AiohttpTransport, backend_client, post
 
 pytestmark = pytest.mark.anyio
 
@@ -32,3 +34,55 @@ async def test_a_refused_connection_is_a_connect_error_that_says_so() -> None:
     async with backend_client() as client:
         with pytest.raises(httpx2.ConnectError, match="connection refused"):
             await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", content=b"{}")
+
+
+async def test_the_fast_path_names_a_refused_connection_as_httpx2_does() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with backend_client() as client:
+        with pytest.raises(httpx2.ConnectError, match="connection refused"):
+            await post(client, f"http://127.0.0.1:{port}/v1/x", content=b"{}", headers={}, params=None, connect_s=1.0)
+
+
+async def _raw_server(answer: bytes) -> tuple[asyncio.Server, int]:
+    """A server that reads one request and writes `answer` as it is, then hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast path", "httpx2 interface"])
+async def test_both_paths_read_status_headers_and_body_and_name_a_cut_body(fast: bool) -> None:
+    """The adapters' fast path and the httpx2 interface over the same pool answer alike: status,
+    case-insensitive headers, the body; a body shorter than its Content-Length is a
+    RemoteProtocolError (a cut answer, retried as a lost connection), never a short success."""
+
+    async def send(client: httpx2.AsyncClient, port: int) -> Any:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        if fast:
+            return await post(
+                client, url, content=b"{}", headers={"Authorization": "Bearer k"}, params=None, connect_s=1.0
+            )
+        return await client.send(client.build_request("POST", url, content=b"{}"), stream=True)
+
+    whole, whole_port = await _raw_server(
+        b'HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 7\r\n\r\n{"a":1}'
+    )
+    cut, cut_port = await _raw_server(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":')
+    async with whole, cut, backend_client() as client:
+        response = await send(client, whole_port)
+        assert response.status_code == 429
+        assert response.headers.get("retry-after") == "3" and response.headers.get("RETRY-AFTER") == "3"
+        assert await response.aread() == b'{"a":1}'
+        await response.aclose()
+        response = await send(client, cut_port)
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await response.aread()
+        await response.aclose()

@@ -120,6 +120,9 @@ class OTelObserver(Observer):
         except ImportError as error:
             raise ImportError("OTelObserver needs opentelemetry-api: pip install 'inference-router[otel]'") from error
         self.tracer = trace.get_tracer("inference-router", _version(), tracer_provider=tracer_provider)
+        self._chosen_provider = tracer_provider is not None
+        self._global_provider = trace.get_tracer_provider
+        self._no_sdk = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         self._set_span_in_context = trace.set_span_in_context
         self._use_span = trace.use_span
         self._client = trace.SpanKind.CLIENT
@@ -131,7 +134,15 @@ class OTelObserver(Observer):
         spans = call.state.get(self._key)
         return spans if isinstance(spans, _CallSpans) else None
 
+    def _tracing(self) -> bool:
+        """Whether spans go anywhere. With no provider given and no SDK installed as the global one
+        (OTel's API alone answers with its proxy or no-op provider) a span records nothing: the call
+        skips building it (checked per call, so an SDK set up after the router still gets spans)."""
+        return self._chosen_provider or not isinstance(self._global_provider(), self._no_sdk)
+
     def call_started(self, call: CallInfo) -> None:
+        if not self._tracing():
+            return
         record = call.record
         request = request_attributes(call.request)
         operation = OPERATIONS.get(record.endpoint, "chat")

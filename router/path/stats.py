@@ -342,13 +342,19 @@ class StatsStore(Protocol):
 
 
 class StatsSnapshot:
-    """`StatsView` over a `MemoryStats` at a fixed instant."""
+    """`StatsView` over a `MemoryStats` at a fixed instant; each deployment's stats are read once
+    (a ranking asks for them several times: screening, the policy, headroom, the trace)."""
 
-    __slots__ = ("_now", "_stats")
+    __slots__ = ("_now", "_seen", "_stats")
 
     def __init__(self, stats: MemoryStats, now: float) -> None:
         self._stats = stats
         self._now = now
+        self._seen: dict[str, DeploymentStats | None] = {}
 
     def get(self, candidate_id: str) -> DeploymentStats | None:
-        return self._stats.snapshot(candidate_id, self._now)
+        seen = self._seen
+        if candidate_id in seen:
+            return seen[candidate_id]
+        found = seen[candidate_id] = self._stats.snapshot(candidate_id, self._now)
+        return found
