@@ -11,6 +11,7 @@ its backend at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import signal
@@ -515,6 +516,45 @@ gateway: {{shutdown_grace_s: 20, watch: false}}
             assert gateway.process is not None and gateway.process.wait(timeout=20) == 0
         finally:
             gateway.kill()
+
+
+@pytest.mark.anyio
+async def test_requests_past_max_connections_get_a_503_in_openai_shape(fault: FaultServer, tmp_path: Path) -> None:
+    """Past `gateway.max_connections` requests in flight, a request is refused at once with a 503 the
+    SDK reads (its error shape, `Retry-After`), not uvicorn's plain text; health checks still answer,
+    and the next request after one finishes is served."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""
+backends:
+  good: {{provider: openai, base_url: "{fault.base_url("good")}", api_key: sk-backend-good-key}}
+  hang: {{provider: openai, base_url: "{fault.base_url("hang")}", api_key: sk-backend-hang-key}}
+models:
+  chat: {{deployments: [{{backend: good, model: m}}]}}
+  hang: {{deployments: [{{backend: hang, model: m}}]}}
+gateway: {{max_connections: 2, watch: false}}
+""")
+    with GatewayProcess(config) as gateway:
+        async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key="none", max_retries=0) as client:
+            held = [asyncio.ensure_future(client.chat.completions.create(model="hang", messages=HI)) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while fault.busy_connections("hang") < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert fault.busy_connections("hang") == 2
+            with pytest.raises(openai.InternalServerError) as refused:
+                await client.chat.completions.create(model="chat", messages=HI)
+            assert refused.value.status_code == 503 and refused.value.code == "overloaded"
+            assert refused.value.response.headers["retry-after"] == "1"
+            assert "max_connections" in refused.value.message
+            assert httpx2.get(gateway.url + "/healthz").status_code == 200
+            held[0].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await held[0]
+            deadline = time.monotonic() + 5
+            while fault.busy_connections("hang") > 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            reply = await client.chat.completions.create(model="chat", messages=HI)
+            assert reply.choices[0].message.content == TEXT
+            held[1].cancel()
 
 
 # --- two processes, one Redis -----------------------------------------------------------------

@@ -335,7 +335,8 @@ class GatewayConfig(_Strict):
     keep_alive_s: float = Field(5.0, gt=0)
     """Idle keep-alive connections are closed after this."""
     max_connections: int | None = Field(None, ge=1)
-    """Per worker: more concurrent connections or requests get 503 at once."""
+    """Per worker: API requests beyond this many in flight get a 503 in OpenAI's shape (`Retry-After: 1`)
+    at once; connections beyond twice as many (+16) are refused by the HTTP server itself."""
     shutdown_grace_s: float = Field(30.0, ge=0)
     """On SIGTERM, requests in flight (streams included) get this long to finish."""
     watch: bool = True

@@ -71,6 +71,8 @@ class Gateway:
         self.keys: KeyRing | None = None
         self._config: RouterConfig | None = None
         self._meter: Meter | None = None
+        self._in_flight = 0
+        """API requests this worker is serving now (`gateway.max_connections` bounds it)."""
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -163,7 +165,15 @@ class Gateway:
         path: str = scope["path"]
         try:
             if path.startswith("/v1/"):
-                await self._api(engine, scope, receive, send, path[4:])
+                limit = engine.config.gateway.max_connections
+                if limit is not None and self._in_flight >= limit:
+                    await _send(send, json_response(503, {"error": _busy(limit)}, headers={"retry-after": "1"}))
+                    return
+                self._in_flight += 1
+                try:
+                    await self._api(engine, scope, receive, send, path[4:])
+                finally:
+                    self._in_flight -= 1
             elif path == "/healthz":
                 await _send(send, json_response(200, {"status": "ok"}))
             elif path == "/readyz":
@@ -448,6 +458,11 @@ def _not_found(path: str) -> dict[str, Any]:
 def _internal() -> dict[str, Any]:
     message = "the gateway failed to answer (see its log)"
     return {"message": message, "type": "server_error", "param": None, "code": None}
+
+
+def _busy(limit: int) -> dict[str, Any]:
+    message = f"the gateway is serving its limit of {limit} requests per worker (gateway.max_connections); retry soon"
+    return {"message": message, "type": "server_error", "param": None, "code": "overloaded"}
 
 
 def _forbidden() -> dict[str, Any]:

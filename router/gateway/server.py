@@ -54,8 +54,14 @@ def serve(
         log_level="info",
         timeout_keep_alive=int(max(1, settings.keep_alive_s)),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=_connection_backstop(settings.max_connections),
         server_header=False,
         date_header=True,
     )
     return 0
+
+
+def _connection_backstop(max_requests: int | None) -> int | None:
+    """uvicorn's own limit, above the app's: requests past `max_connections` get the app's 503 in
+    OpenAI's shape; uvicorn's plain-text 503 is left for floods of (idle) connections beyond it."""
+    return None if max_requests is None else 2 * max_requests + 16
