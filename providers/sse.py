@@ -7,7 +7,6 @@ sends keep-alives still runs out of time. Bytes already buffered are parsed with
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import AsyncIterator
 
 import anyio
@@ -20,39 +19,58 @@ class SSEDeadline(Exception):
 
 
 class SSEReader:
-    """Pull `data:` payloads out of a byte stream, one event at a time."""
+    """Pull `data:` payloads out of a byte stream, one event at a time.
 
-    __slots__ = ("_buffer", "_chunks", "_data", "_event_type", "_events", "done", "eof", "error_events")
+    Lines are parsed as events are asked for, not as bytes arrive: a read that brought a whole
+    stream (a fast provider's hundreds of chunks in one TCP read) is held once, as it came, rather
+    than also as a queue of every event cut out of it."""
+
+    __slots__ = ("_buffer", "_chunks", "_data", "_event_type", "_pos", "done", "eof", "error_events")
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
         self._buffer = b""
+        self._pos = 0
+        """Where the unparsed part of `_buffer` starts."""
         self._data: list[bytes] = []
         self._event_type = b""
-        self._events: deque[tuple[bytes, bytes]] = deque()
         self.eof = False
         """The byte stream ended."""
         self.done = False
         """`data: [DONE]` was received."""
         self.error_events = 0
 
-    def _feed(self, chunk: bytes) -> None:
-        lines = (self._buffer + chunk).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            self._line(line)
+    def _parsed(self) -> tuple[bytes, bytes] | None:
+        """Parse buffered lines until an event completes; None (keeping a partial last line) when the
+        buffer runs out first."""
+        buffer = self._buffer
+        pos = self._pos
+        find = buffer.find
+        while True:
+            end = find(b"\n", pos)
+            if end < 0:
+                self._buffer = buffer[pos:] if pos else buffer
+                self._pos = 0
+                return None
+            event = self._line(buffer[pos:end])
+            pos = end + 1
+            if event is not None:
+                self._pos = pos
+                return event
 
-    def _line(self, line: bytes) -> None:
+    def _line(self, line: bytes) -> tuple[bytes, bytes] | None:
+        """Take one line; the event it completes (a blank line after data), if any."""
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line:
+            event = None
             if self._data:
-                self._events.append((self._event_type, b"\n".join(self._data)))
+                event = (self._event_type, b"\n".join(self._data))
                 self._data = []
             self._event_type = b""
-            return
+            return event
         if line[0] == 58:  # ":" starts a comment: keep-alive, never progress
-            return
+            return None
         name, _, value = line.partition(b":")
         if value[:1] == b" ":
             value = value[1:]
@@ -60,15 +78,7 @@ class SSEReader:
             self._data.append(value)
         elif name == b"event":
             self._event_type = value
-
-    def _finish(self) -> None:
-        self.eof = True
-        if self._buffer:
-            self._line(self._buffer)
-            self._buffer = b""
-        if self._data:  # a last event without its blank line: keep it, the parser judges it
-            self._events.append((self._event_type, b"\n".join(self._data)))
-            self._data = []
+        return None
 
     async def drain(self, deadline: float) -> None:
         """Read and discard the rest of the byte stream, until its end or `deadline`."""
@@ -82,19 +92,23 @@ class SSEReader:
 
         Raises SSEDeadline when nothing arrives by `deadline` (anyio clock).
         """
-        while not self._events:
+        while True:
+            event = self._parsed()
+            if event is not None:
+                break
             if self.eof or self.done:
                 return None
             with anyio.CancelScope(deadline=deadline) as scope:
                 try:
                     chunk = await self._chunks.__anext__()
                 except StopAsyncIteration:
-                    self._finish()
-                    continue
+                    # the end closes a last line and a last event that lacked their newlines: the
+                    # parser judges such an event (a cut JSON payload fails there)
+                    self.eof = True
+                    chunk = b"\n\n"
             if scope.cancelled_caught:
                 raise SSEDeadline
-            self._feed(chunk)
-        event = self._events.popleft()
+            self._buffer += chunk
         if event[1] == DONE:
             self.done = True
             return None
