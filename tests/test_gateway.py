@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -555,6 +556,51 @@ gateway: {{max_connections: 2, watch: false}}
             reply = await client.chat.completions.create(model="chat", messages=HI)
             assert reply.choices[0].message.content == TEXT
             held[1].cancel()
+
+
+def test_workers_answer_metrics_for_all_and_sighup_reloads_every_worker(fault: FaultServer, tmp_path: Path) -> None:
+    """With `--workers 2` a scrape reaches one worker, yet counts every worker's calls (prometheus-client's
+    multiprocess mode); SIGHUP to the supervisor restarts the workers on the edited config, all of them."""
+    pytest.importorskip("prometheus_client")
+    config = tmp_path / "gateway.yaml"
+    base = f"""
+backends:
+  good: {{provider: openai, base_url: "{fault.base_url("good")}", api_key: sk-backend-good-key}}
+models:
+  chat: {{deployments: [{{backend: good, model: m}}]}}
+gateway: {{watch: false, shutdown_grace_s: 5}}
+"""
+    config.write_text(base)
+    with GatewayProcess(config, workers=2) as gateway:
+        body = {"model": "chat", "messages": HI}
+
+        def call(_: int) -> int:
+            with httpx2.Client(timeout=10) as client:  # a connection each: the workers share them out
+                return client.post(gateway.base_url + "/chat/completions", json=body).status_code
+
+        with ThreadPoolExecutor(20) as pool:
+            assert list(pool.map(call, range(40))) == [200] * 40
+        total = 'inference_router_requests_total{alias="chat",outcome="ok"} 40.0'
+        for _ in range(8):
+            with httpx2.Client(timeout=10) as client:
+                scraped = client.get(gateway.url + "/metrics").text
+            assert total in scraped, [line for line in scraped.splitlines() if "requests_total{" in line]
+
+        config.write_text(base.replace("models:\n", "models:\n  added: {deployments: [{backend: good, model: m}]}\n"))
+        gateway.signal(signal.SIGHUP)
+        deadline, in_a_row = time.monotonic() + 20, 0
+        while in_a_row < 8:  # fresh connections, so both workers are asked
+            assert time.monotonic() < deadline, "SIGHUP did not reload every worker"
+            try:
+                with httpx2.Client(timeout=5) as client:
+                    listed = {m["id"] for m in client.get(gateway.base_url + "/models").json()["data"]}
+            except (httpx2.TransportError, ValueError):
+                listed = set()  # a worker restarting
+            in_a_row = in_a_row + 1 if "added" in listed else 0
+            time.sleep(0.05)
+        with httpx2.Client(timeout=10) as client:
+            answered = client.post(gateway.base_url + "/chat/completions", json={**body, "model": "added"})
+        assert answered.status_code == 200
 
 
 # --- two processes, one Redis -----------------------------------------------------------------

@@ -33,6 +33,7 @@ from router.errors import status_error, unknown_model
 from router.gateway.keys import Caller, KeyRing
 from router.gateway.meter import MemoryMeter, Meter, RedisMeter
 from router.gateway.tracing import ServerSpans
+from router.observe.metrics import process_ended
 from router.path.hints import RouteHints
 from router.path.record import ROUTE_EXTENSION, RouteRecord
 from router.transport import Admit, SSEBody, WireRequest, error_response, json_response, serve_wire
@@ -109,6 +110,8 @@ class Gateway:
             await self.engine.aclose()
         if self._meter is not None:
             await self._meter.aclose()
+        if self._own_process:
+            process_ended(os.getpid())  # its live gauges leave the other workers' /metrics
 
     def _reload_soon(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())

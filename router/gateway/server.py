@@ -7,17 +7,22 @@ shutdown) and a worker supervisor whose SIGHUP replaces workers one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 
-from router.config import RouterConfig
+from router.config import GatewayConfig, RouterConfig
 from router.gateway.app import CONFIG_ENV
+from router.observe.metrics import MULTIPROCESS_ENV
 
 
 def serve(
@@ -41,6 +46,30 @@ def serve(
         logging.getLogger("router").addHandler(handler)  # redaction is a filter on this logger: keys stay out
     # uvicorn re-raises the SIGTERM it shut down gracefully for: a graceful stop is a clean exit (0)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    with _shared_metrics(workers > 1):
+        _run(config_path, settings, host=host, port=port, workers=workers)
+    return 0
+
+
+@contextlib.contextmanager
+def _shared_metrics(several: bool) -> Iterator[None]:
+    """Several workers: prometheus-client's multiprocess mode in a folder of their own (unless one is
+    set already), so `/metrics` on any worker answers for all of them; the folder goes at exit."""
+    if not several or os.environ.get(MULTIPROCESS_ENV) or importlib.util.find_spec("prometheus_client") is None:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="inference-router-metrics-")
+    os.environ[MULTIPROCESS_ENV] = folder  # the workers (spawned) import prometheus-client after this
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(
+    config_path: str | os.PathLike[str], settings: GatewayConfig, *, host: str | None, port: int | None, workers: int
+) -> None:
     uvicorn.run(
         "router.gateway.app:create_app",
         factory=True,
@@ -58,7 +87,6 @@ def serve(
         server_header=False,
         date_header=True,
     )
-    return 0
 
 
 def _connection_backstop(max_requests: int | None) -> int | None:

@@ -10,6 +10,7 @@ prometheus_client is imported only when the observer is made: `pip install 'infe
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import TYPE_CHECKING
 
 from router.observe.otel import NOT_FAILURES
@@ -19,12 +20,22 @@ from router.path.record import Attempt, RouteRecord
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["CIRCUIT_STATES", "DURATION_BUCKETS", "TTFT_BUCKETS", "PrometheusMetrics", "prometheus_available"]
+__all__ = [
+    "CIRCUIT_STATES",
+    "DURATION_BUCKETS",
+    "MULTIPROCESS_ENV",
+    "TTFT_BUCKETS",
+    "PrometheusMetrics",
+    "process_ended",
+    "prometheus_available",
+]
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 """Seconds: a cached or tiny answer at the bottom, a long reasoning completion at the top."""
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 """Seconds to the first token: fast inference hardware answers in tens of ms, a queued GPU in seconds."""
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Where prometheus-client's multiprocess mode keeps each process's values (read at its import)."""
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 """The value of `circuit_state` for each state."""
 
@@ -87,6 +98,7 @@ class PrometheusMetrics(Observer):
             ["deployment"],
             namespace=namespace,
             registry=registry,
+            multiprocess_mode="livesum",  # several processes (gateway workers): the sum of the live ones
         )
         self.request_duration = Histogram(
             "request_duration_seconds",
@@ -124,6 +136,7 @@ class PrometheusMetrics(Observer):
             ["deployment"],
             namespace=namespace,
             registry=registry,
+            multiprocess_mode="livemax",  # several processes: the worst state any live one sees
         )
 
     def attempt_started(self, call: CallInfo, attempt: Attempt) -> None:
@@ -177,9 +190,17 @@ class PrometheusMetrics(Observer):
             self.circuit_state.labels(change.deployment).set(value)
 
     def exposition(self) -> str:
-        """The registry in the Prometheus text format, for an endpoint of your own."""
+        """The registry in the Prometheus text format, for an endpoint of your own. In prometheus-client's
+        multiprocess mode (`PROMETHEUS_MULTIPROC_DIR` set, as `inference-router serve --workers N` does)
+        every process's metrics, summed: a scrape that reaches any one worker sees them all."""
         from prometheus_client import generate_latest
 
+        if os.environ.get(MULTIPROCESS_ENV):
+            from prometheus_client import CollectorRegistry, multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry).decode()
         return generate_latest(self.registry).decode()
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
@@ -187,6 +208,15 @@ class PrometheusMetrics(Observer):
         from prometheus_client import start_http_server
 
         start_http_server(port, addr, registry=self.registry)
+
+
+def process_ended(pid: int) -> None:
+    """In multiprocess mode, drop a process's live gauges (its in-flight count, circuit states) once it
+    has exited; its counters and histograms stay in the sums."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _alias(record: RouteRecord) -> str:
