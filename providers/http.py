@@ -29,7 +29,6 @@ from multidict import CIMultiDict
 
 _LATIN_1 = "iso-8859-1"
 """What HTTP header bytes decode as, exactly and always (httpx2 otherwise tries ascii, then utf-8, per object)."""
-_UNKNOWN = object()
 _READ_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
 """A body cut short: what httpcore2 calls a RemoteProtocolError."""
 
@@ -140,7 +139,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._ssl: ssl.SSLContext | bool = verify
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[tuple[str, str], str | None] = {}
-        self._proxies_by_url: dict[str, str | object | None] = {}
+        self._proxies_by_url: dict[str, str | None] = {}
+        """The same, by the adapters' full URLs (their fast path has no parsed URL)."""
 
     def _proxy_for(self, url: httpx2.URL) -> str | None:
         """The environment's proxy for this scheme and host (`HTTP(S)_PROXY`, `NO_PROXY`), looked up
@@ -212,8 +212,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         connect_s: float | None = None,
     ) -> AiohttpResponse:
         """POST without httpx2 on the way: the adapters' fast path (`post` below)."""
-        proxy = self._proxies_by_url.get(url, _UNKNOWN)
-        if proxy is _UNKNOWN:
+        try:
+            proxy = self._proxies_by_url[url]
+        except KeyError:
             parts = urlsplit(url)
             proxy = self._proxies_by_url[url] = self._proxy_for_host(parts.scheme, parts.hostname or "")
         response = await self._open_response(
@@ -222,7 +223,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             headers=headers,
             data=content,
             params=params,
-            proxy=proxy,  # type: ignore[arg-type]
+            proxy=proxy,
             connect_s=connect_s,
             read_s=None,
         )

@@ -86,3 +86,26 @@ async def test_both_paths_read_status_headers_and_body_and_name_a_cut_body(fast:
         with pytest.raises(httpx2.RemoteProtocolError):
             await response.aread()
         await response.aclose()
+
+
+async def test_the_fast_path_goes_through_the_environments_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`HTTP_PROXY` applies to the adapters' requests too: they reach the proxy, asking for the backend's URL."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with server, backend_client() as client:
+        response = await post(
+            client, "http://127.0.0.2:9/v1/chat/completions", content=b"{}", headers={}, params=None, connect_s=1.0
+        )
+        assert response.status_code == 200 and await response.aread() == b"{}"
+        await response.aclose()
+    assert seen == [b"POST http://127.0.0.2:9/v1/chat/completions HTTP/1.1"]
