@@ -335,6 +335,7 @@ async def run_once(
         next_index = 0
         calls: list[Call | None] = [None] * requests
         perf = time.perf_counter
+        held: list[Any] = []
 
         async def worker() -> None:
             nonlocal next_index
@@ -343,6 +344,8 @@ async def run_once(
                     return
                 i = next_index
                 next_index += 1
+                if args.app_garbage:
+                    _leave_garbage(held)
                 call = calls[i] = Call(start_s=perf() - t0)
                 record = None
                 try:
@@ -791,6 +794,22 @@ def target_one_slot(verdict: Callable[[str, bool | None, str], None], by_label: 
     )
 
 
+class _Cycle:
+    """An object in a reference cycle holding some data, as applications leave them."""
+
+    def __init__(self) -> None:
+        self.me = self
+        self.data = [list(range(20)) for _ in range(6)]
+
+
+def _leave_garbage(held: list[Any]) -> None:
+    """`--app-garbage`: what a calling application might do per call — leave ten objects in reference
+    cycles and keep three (its caches grow), so the collector's passes get longer as the run goes."""
+    for _ in range(10):
+        _Cycle()
+    held.append([_Cycle() for _ in range(3)])
+
+
 # --- proposed fixes, applied only inside this process ----------------------------------------
 
 PATCHES: dict[str, str] = {
@@ -939,6 +958,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a single-backend run issues no new call after this many seconds (default 60)",
     )
     parser.add_argument("--no-stream", action="store_true", help="non-streamed calls (default: the scenario's)")
+    parser.add_argument(
+        "--app-garbage",
+        action="store_true",
+        help="the caller leaves reference cycles per call (garbage-collection pauses land in every call in flight)",
+    )
     parser.add_argument(
         "--recover-after", type=float, default=5.0, help="seconds the slow-down lasts, for slow_until=auto (default 5)"
     )

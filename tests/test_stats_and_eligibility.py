@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
+import httpx
 import pytest
+import respx
 
 from policies import Candidate, NoStats, Price
 from providers import parse_rate_limits
@@ -204,3 +207,75 @@ def test_a_load_report_stops_counting_our_requests_once_they_end() -> None:
     assert seen is not None and seen.in_flight == 0 and seen.server_running == 2  # the other clients' two
     stats.try_begin("gpu/m", 2.0)
     assert stats.view(2.0).get("gpu/m").server_running == 3  # type: ignore[union-attr]
+
+
+# --- garbage-collection pauses -----------------------------------------------------------------
+
+
+def test_a_timing_that_was_mostly_a_gc_pause_is_left_out_of_the_estimates() -> None:
+    """A collection that stops the process for 70 ms lands in every call in flight; a 2 ms backend's
+    sample that is mostly pause would make it look 35x slower than it is. Its outcome still counts."""
+    stats = MemoryStats()
+    stats.try_begin("a/m", 0.0)
+    stats.end("a/m", 0.072, ok=True, seconds=0.072, paused_s=0.070)
+    seen = stats.view(0.1).get("a/m")
+    assert seen is not None and seen.requests == 1 and seen.latency_s is None
+    stats.try_begin("a/m", 0.1)
+    stats.end("a/m", 0.102, ok=True, seconds=0.002, paused_s=0.0005)  # a young-generation pass: kept
+    assert stats.view(0.2).get("a/m").latency_s == pytest.approx(0.002)  # type: ignore[union-attr]
+    stats.try_begin("a/m", 0.2)  # a stream: a paused wait for the first token is left out, its decode speed kept
+    stats.end(
+        "a/m",
+        1.0,
+        ok=True,
+        seconds=0.8,
+        stream=True,
+        ttft_s=0.08,
+        tokens_per_s=100.0,
+        paused_s=0.07,
+        ttft_paused_s=0.07,
+    )
+    seen = stats.view(1.0).get("a/m")
+    assert seen is not None and seen.ttft_s is None and seen.tokens_per_s == 100.0
+
+
+def test_the_pause_clock_counts_a_full_collection() -> None:
+    import gc
+
+    from router.path.pauses import paused_s
+
+    heap = [[i] for i in range(200_000)]  # something for the collector to walk
+    before = paused_s()
+    gc.collect()
+    assert paused_s() > before
+    del heap
+
+
+@pytest.mark.anyio
+async def test_the_request_path_hands_the_pause_during_an_attempt_to_the_stats(
+    httpx2_mock: respx.Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import router.path.pipeline as pipeline
+    from router import AsyncRouter
+    from tests.openai_backends import chat_completion
+
+    clock = [0.0]
+    monkeypatch.setattr(pipeline, "paused_s", lambda: clock[0])
+    pause_next = [True]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if pause_next[0]:
+            clock[0] += 10.0  # the process stood still while the answer was on its way
+        return httpx.Response(200, json=chat_completion(json.loads(request.content)))
+
+    httpx2_mock.post("http://a.test/v1/chat/completions").mock(side_effect=answer)
+    config = {
+        "backends": {"a": {"provider": "openai", "base_url": "http://a.test/v1", "api_key": "k"}},
+        "models": {"chat": {"deployments": [{"backend": "a", "model": "m"}]}},
+    }
+    async with AsyncRouter(config) as router:
+        await router.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert router.stats.view(0).get("a/m").latency_s is None  # type: ignore[union-attr]
+        pause_next[0] = False
+        await router.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert router.stats.view(0).get("a/m").latency_s is not None  # type: ignore[union-attr]

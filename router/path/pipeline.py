@@ -47,6 +47,7 @@ from router.path.circuit import Admission, Circuits
 from router.path.events import CallInfo, CircuitChange, Observers
 from router.path.hints import RouteHints
 from router.path.homes import ResponseHomes
+from router.path.pauses import paused_s
 from router.path.record import Attempt, RankedCandidate, RouteRecord, attach_route
 from router.path.shared import SharedState
 from router.path.stats import StatsStore
@@ -104,6 +105,8 @@ class _Opened:
     upstream: ChunkStream
     buffered: list[ChatCompletionChunk]
     first_token_at: float | None
+    paused_at_first_token: float = 0.0
+    """`paused_s()` when the first token came (garbage-collection pauses before it are not the backend's)."""
 
 
 @dataclass(slots=True)
@@ -114,6 +117,8 @@ class _Served(Generic[T]):
     result: T
     slot: str | None = None
     """A shared concurrency slot still held (by a stream until it ends)."""
+    paused_at: float = 0.0
+    """`paused_s()` when the attempt started."""
 
 
 class RequestPath:
@@ -422,7 +427,14 @@ class RequestPath:
         completed = served.result
         now = anyio.current_time()
         candidate_id = served.deployment.candidate.id
-        self.stats.end(candidate_id, now, ok=True, seconds=now - served.started, cached_share=_cached_share(completed))
+        self.stats.end(
+            candidate_id,
+            now,
+            ok=True,
+            seconds=now - served.started,
+            cached_share=_cached_share(completed),
+            paused_s=paused_s() - served.paused_at,
+        )
         self.stats.observe_rate_limits(candidate_id, completed.rate_limits, now)
         record = call.record
         record.latency_s = now - call.started
@@ -597,6 +609,7 @@ class RequestPath:
         buffered: list[ChatCompletionChunk] = []
         whole = call.streams.commit == "buffer"  # hold everything back until the answer is complete
         first_token_at = None
+        paused_at_first_token = 0.0
         try:
             while whole or not upstream.saw_token:
                 try:
@@ -605,6 +618,7 @@ class RequestPath:
                     break
                 if first_token_at is None and upstream.saw_token:
                     first_token_at = anyio.current_time()
+                    paused_at_first_token = paused_s()
         except BaseException:
             await upstream.aclose()
             raise
@@ -612,7 +626,7 @@ class RequestPath:
             events: list[Any] = buffered  # a non-chat stream's items are its raw events
             created = next((_json(e.data) for e in events if isinstance(e, RawEvent)), None)
             self._remember_home(call, deployment, created.get("response") if isinstance(created, dict) else None)
-        return _Opened(upstream, buffered, first_token_at)
+        return _Opened(upstream, buffered, first_token_at, paused_at_first_token)
 
     async def _first_success(
         self,
@@ -762,7 +776,13 @@ class RequestPath:
             await result.upstream.aclose()
         now = anyio.current_time()
         await self._give_back(served.deployment.candidate.id, served.slot)
-        self.stats.end(served.deployment.candidate.id, now, ok=True, seconds=now - served.started)
+        self.stats.end(
+            served.deployment.candidate.id,
+            now,
+            ok=True,
+            seconds=now - served.started,
+            paused_s=paused_s() - served.paused_at,
+        )
         served.attempt.outcome = "hedge_lost"
         if isinstance(result, _Opened):  # a stream's attempt ends when it is closed; a completion's already has
             self.observers.attempt_ended(call.info, served.attempt)
@@ -844,6 +864,7 @@ class RequestPath:
         """One try: prepare the body for this provider, send it, write the attempt down."""
         candidate = deployment.candidate
         started = anyio.current_time()
+        paused_at = paused_s()
         timeouts = deployment.timeouts if call.timeouts is None else merge_timeouts(deployment.timeouts, call.timeouts)
         first_token_s, adapted = self._first_token_s(timeouts, candidate.id, call.stream)
         deadlines = Deadlines(
@@ -890,7 +911,9 @@ class RequestPath:
             result = await operation(deployment, body, deadlines, call)
         except ProviderError as failure:
             now = anyio.current_time()
-            self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            self.stats.end(
+                candidate.id, now, ok=False, seconds=now - started, stream=call.stream, paused_s=paused_s() - paused_at
+            )
             _failed(attempt, failure, now - started)
             self.observers.attempt_ended(call.info, attempt)
             await self._give_back(candidate.id, slot)
@@ -900,7 +923,9 @@ class RequestPath:
             raise
         except BaseException:
             now = anyio.current_time()
-            self.stats.end(candidate.id, now, ok=False, seconds=now - started, stream=call.stream)
+            self.stats.end(
+                candidate.id, now, ok=False, seconds=now - started, stream=call.stream, paused_s=paused_s() - paused_at
+            )
             if attempt.outcome != "hedge_lost":  # a hedge's winner marks the loser before cancelling it
                 attempt.outcome = "cancelled"
             attempt.seconds = now - started
@@ -919,7 +944,7 @@ class RequestPath:
             self.observers.attempt_ended(call.info, attempt)
         record = call.record
         record.backend, record.provider, record.model = candidate.backend, candidate.provider, candidate.model
-        return _Served(deployment, attempt, started, result, result_slot)
+        return _Served(deployment, attempt, started, result, result_slot, paused_at)
 
     def _unhealthy(self, candidate_id: str, now: float) -> bool:
         """Its circuit is open for its health (a 429's reset is waited out by the retry itself)."""
@@ -1044,6 +1069,8 @@ def _leg(served: _Served[_Opened], shared: SharedState | None = None) -> Leg:
         served.started,
         opened.first_token_at,
         release,
+        served.paused_at,
+        opened.paused_at_first_token,
     )
 
 

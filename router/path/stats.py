@@ -27,6 +27,8 @@ _ERROR_WINDOW_S = 30.0
 _SAMPLES = 64
 """Recent successful TTFT / latency samples kept per deployment, for the adaptive deadline."""
 _MIN_SAMPLES = 8
+_PAUSED_SHARE = 0.5
+"""A timing at least this much garbage-collection pause is left out of the estimates (`router.path.pauses`)."""
 
 
 @dataclass(slots=True)
@@ -59,6 +61,11 @@ class PeakEwma:
         """The estimate as of `now`, decayed toward the floor for the time since the last sample."""
         floor = self.floor
         return floor + (self.estimate - floor) * math.exp(-max(0.0, now - self.stamp) / DECAY_S)
+
+
+def _mostly_pause(paused: float, seconds: float) -> bool:
+    """Whether garbage-collection pauses took up at least `_PAUSED_SHARE` of a timing."""
+    return paused > 0.0 and paused >= _PAUSED_SHARE * seconds
 
 
 def _ewma(old: float | None, sample: float) -> float:
@@ -150,8 +157,14 @@ class MemoryStats:
         ttft_s: float | None = None,
         tokens_per_s: float | None = None,
         cached_share: float | None = None,
+        paused_s: float = 0.0,
+        ttft_paused_s: float = 0.0,
     ) -> None:
-        """An attempt ended: fold its outcome and timings into the estimates."""
+        """An attempt ended: fold its outcome and timings into the estimates.
+
+        `paused_s` (`ttft_paused_s`): how long the process stood still collecting garbage during the
+        attempt (before its first token). A timing that was mostly pause says nothing of the backend
+        and is left out of the estimates; the outcome still counts."""
         d = self._get(candidate_id)
         d.in_flight = max(0, d.in_flight - 1)
         d.requests += 1
@@ -162,15 +175,17 @@ class MemoryStats:
         if not ok:
             d.failures += 1
             # a failure is a slow sample: it should not make a deployment look fast
-            self._observe(d, "ttft" if stream else "latency", seconds, now, only_up=True)
+            if not _mostly_pause(paused_s, seconds):
+                self._observe(d, "ttft" if stream else "latency", seconds, now, only_up=True)
             return
         if stream:
-            if ttft_s is not None:
+            if ttft_s is not None and not _mostly_pause(ttft_paused_s, ttft_s):
                 self._observe(d, "ttft", ttft_s, now)
                 d.ttft_samples.append(ttft_s)
-            if tokens_per_s is not None and tokens_per_s > 0:
+            decode_s = seconds - (ttft_s or 0.0)
+            if tokens_per_s is not None and tokens_per_s > 0 and not _mostly_pause(paused_s - ttft_paused_s, decode_s):
                 d.tokens_per_s = _ewma(d.tokens_per_s, tokens_per_s)
-        else:
+        elif not _mostly_pause(paused_s, seconds):
             self._observe(d, "latency", seconds, now)
             d.latency_samples.append(seconds)
         if cached_share is not None:
@@ -328,6 +343,8 @@ class StatsStore(Protocol):
         ttft_s: float | None = None,
         tokens_per_s: float | None = None,
         cached_share: float | None = None,
+        paused_s: float = 0.0,
+        ttft_paused_s: float = 0.0,
     ) -> None: ...
 
     def observe_rate_limits(self, candidate_id: str, info: RateLimitInfo | None, now: float) -> None: ...

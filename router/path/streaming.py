@@ -24,6 +24,7 @@ from providers import ProviderError, Usage, has_token
 from router.errors import stream_interrupted
 from router.path.circuit import Circuits
 from router.path.events import CallInfo, Observers
+from router.path.pauses import paused_s
 from router.path.record import ROUTE_EXTENSION, Attempt, RouteRecord, attach_route, route_headers
 from router.path.stats import StatsStore
 
@@ -68,6 +69,10 @@ class Leg:
     first_token_at: float | None
     release: Callable[[], Awaitable[None]] | None = None
     """Gives back a shared concurrency slot when the leg ends."""
+    paused_at: float = 0.0
+    """`paused_s()` when the attempt started, and when its first token came: garbage-collection
+    pauses in between are not the backend's (`router.path.pauses`)."""
+    paused_at_first_token: float = 0.0
 
 
 OnFinish = Callable[[list[ChatCompletionChunk] | None], Awaitable[None]]
@@ -250,6 +255,8 @@ class RouterStream(AsyncStream[ChatCompletionChunk]):
             ttft_s=ttft,
             tokens_per_s=tokens_per_s,
             cached_share=cached_share,
+            paused_s=paused_s() - leg.paused_at,
+            ttft_paused_s=leg.paused_at_first_token - leg.paused_at if ttft is not None else 0.0,
         )
         if self._observers is not None and self._info is not None:
             self._observers.attempt_ended(self._info, leg.attempt)
