@@ -2,10 +2,11 @@
 
 Change one line — the client construction — and every call keeps its arguments, return types
 and exception classes while it is routed across the configured backends. `chat.completions.create`
-goes straight into the request path (the fast path); every other method (`parse`, `stream`,
-`with_raw_response`, `with_streaming_response`, `completions`, `embeddings`, `responses`,
-`models`) is openai's own code over the routing transport (`router/transport.py`), which hands
-the request to the same path. Either way there is one path: `router/path/pipeline.py`.
+and `parse` and `embeddings.create` go straight into the request path (the fast path; `parse`
+then uses openai's own parser); every other method (`stream`, `with_raw_response`,
+`with_streaming_response`, `completions`, `responses`, `models`) is openai's own code over the
+routing transport (`router/transport.py`), which hands the request to the same path. Either way
+there is one path: `router/path/pipeline.py`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import anyio
 import httpx2
 import openai
 from anyio.from_thread import BlockingPortal
+from openai import omit
 from openai._models import construct_type
+from openai.lib._parsing import parse_chat_completion, type_to_response_format_param, validate_input_tools
 from openai.resources import AsyncEmbeddings, Embeddings
 from openai.resources.chat import AsyncChat, AsyncCompletions, Chat, Completions
 from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam, ParsedChatCompletion
 from pydantic import ValidationError
 
 from providers import Answered
@@ -193,6 +196,57 @@ class RoutedAsyncCompletions(AsyncCompletions):
         )
         assert isinstance(result, (ChatCompletion, RouterStream))
         return result
+
+    async def parse(  # type: ignore[override]
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        response_format: Any = omit,
+        tools: Any = omit,
+        route: RouteHints | Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, Any] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Any = None,
+        **params: Any,
+    ) -> ParsedChatCompletion[Any]:
+        """openai's `parse` on the fast path: the request is routed as `create` routes it, then openai's
+        own parser reads the answer into `response_format` (and strict tools' arguments into theirs)."""
+        if _through_openai(extra_headers):
+            raw: Any = await super().parse(
+                model=model,
+                messages=messages,
+                response_format=response_format,
+                tools=tools,
+                extra_headers=extra_headers,
+                extra_query=extra_query,
+                extra_body=_route_argument(route, extra_body),
+                timeout=timeout if timeout is not None else openai.NOT_GIVEN,
+                **params,
+            )
+            return cast(ParsedChatCompletion[Any], raw)  # a raw response of openai's own making
+        input_tools = validate_input_tools(tools)
+        if response_format is not omit:
+            params["response_format"] = type_to_response_format_param(response_format)
+        if input_tools is not omit:
+            params["tools"] = input_tools
+        completion = await self.create(
+            model=model,
+            messages=messages,
+            stream=False,
+            route=route,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+            timeout=timeout,
+            **params,
+        )
+        parsed = parse_chat_completion(
+            response_format=response_format, chat_completion=completion, input_tools=input_tools
+        )
+        attach_route(parsed, route_of(completion))
+        return parsed
 
 
 def _embeddings_of(answered: Answered) -> CreateEmbeddingResponse:
@@ -689,6 +743,26 @@ class RoutedCompletions(Completions):
         )
         result = router._loop.call(call)
         return Stream(result, router._loop) if isinstance(result, RouterStream) else result
+
+    def parse(  # type: ignore[override]
+        self,
+        *,
+        model: str,
+        messages: Iterable[ChatCompletionMessageParam],
+        extra_headers: Mapping[str, str] | None = None,
+        **params: Any,
+    ) -> ParsedChatCompletion[Any]:
+        """Same arguments as `AsyncRouter.chat.completions.parse`, blocking."""
+        if _through_openai(extra_headers):
+            extra_body = _route_argument(params.pop("route", None), params.pop("extra_body", None))
+            raw: Any = super().parse(
+                model=model, messages=messages, extra_headers=extra_headers, extra_body=extra_body, **params
+            )
+            return cast(ParsedChatCompletion[Any], raw)
+        router = self._client
+        parse = router._async.chat.completions.parse
+        call = partial(parse, model=model, messages=list(messages), extra_headers=extra_headers, **params)
+        return router._loop.call(call)
 
 
 class RoutedEmbeddings(Embeddings):

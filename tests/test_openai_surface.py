@@ -236,6 +236,25 @@ async def test_hints_travel_in_extra_body_and_never_go_upstream(httpx2_mock: res
     assert not seen["down"] and all("route" not in body for body in seen["up"])
 
 
+async def test_parse_takes_the_fast_path_and_parses_as_openai_does(httpx2_mock: respx.Router) -> None:
+    """`parse` is routed like `create` (the fallback, the record), and openai's parser reads the answer:
+    the message into `response_format`, a strict tool's arguments into its model; `with_raw_response`
+    still goes through openai's code and parses the same."""
+    seen = backends.mock(httpx2_mock)
+    async with AsyncRouter(backends.config()) as router:
+        parsed = await router.chat.completions.parse(model="chat", messages=HI, response_format=Person)
+        tool = openai.pydantic_function_tool(Person, name="save_person")
+        called = await router.chat.completions.parse(model="chat", messages=HI, tools=[tool])
+        raw = await router.chat.completions.with_raw_response.parse(model="chat", messages=HI, response_format=Person)
+    assert isinstance(parsed, ParsedChatCompletion) and parsed.choices[0].message.parsed == Person(name="Ada", age=36)
+    served_by_fallback(parsed)
+    assert seen["up"][0]["response_format"]["json_schema"]["name"] == "Person"
+    call = called.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert call.function.parsed_arguments == Person(name="Ada", age=36)  # type: ignore[union-attr]
+    assert raw.headers[HEADER_PREFIX + "backend"] == "up"
+    assert raw.parse().choices[0].message.parsed == Person(name="Ada", age=36)
+
+
 async def test_errors_keep_the_routers_class_through_openais_code(httpx2_mock: respx.Router) -> None:
     httpx2_mock.route(url__startswith=backends.DOWN).respond(
         429, headers={"retry-after": "7"}, json={"error": {"message": "slow down"}}
