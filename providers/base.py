@@ -45,7 +45,7 @@ from providers.errors import (
 )
 from providers.http import WireResponse, post
 from providers.ratelimits import RateLimitInfo, parse_rate_limits, parse_retry_after, retry_after_from_message
-from providers.sse import SSEDeadline, SSEReader
+from providers.sse import SSEDeadline, SSELineTooLong, SSEReader
 
 # After every choice has finished, wait this long for a late usage chunk or `[DONE]`.
 _FINISH_GRACE_S = 0.1
@@ -673,6 +673,8 @@ class ChunkStream:
             failure = self._deadline_failure(phase, deadline)
         except httpx2.TransportError as exc:
             failure = StreamBroken(f"{self.adapter.name}: stream cut: {exc or type(exc).__name__}")
+        except SSELineTooLong as exc:
+            failure = StreamBroken(f"{self.adapter.name}: malformed stream: {exc}")
         except BaseException:
             await self.aclose()
             raise

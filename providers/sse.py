@@ -14,8 +14,17 @@ import anyio
 DONE = b"[DONE]"
 
 
+MAX_LINE_BYTES = 32 * 1024 * 1024
+"""The longest SSE line read (32 MiB: far beyond any chunk a model sends); a longer one is refused
+rather than held in memory without end."""
+
+
 class SSEDeadline(Exception):
     """No data event arrived before the deadline."""
+
+
+class SSELineTooLong(Exception):
+    """A line grew past `MAX_LINE_BYTES` without ending."""
 
 
 class SSEReader:
@@ -25,20 +34,22 @@ class SSEReader:
     stream (a fast provider's hundreds of chunks in one TCP read) is held once, as it came, rather
     than also as a queue of every event cut out of it."""
 
-    __slots__ = ("_buffer", "_chunks", "_data", "_event_type", "_pos", "done", "eof", "error_events")
+    __slots__ = ("_buffer", "_chunks", "_data", "_event_type", "_pos", "_tail", "_tail_bytes", "done", "eof")
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
         self._buffer = b""
         self._pos = 0
         """Where the unparsed part of `_buffer` starts."""
+        self._tail: list[bytes] = []
+        """Pieces of a line still going (joined once, when it ends: a long line costs no quadratic copying)."""
+        self._tail_bytes = 0
         self._data: list[bytes] = []
         self._event_type = b""
         self.eof = False
         """The byte stream ended."""
         self.done = False
         """`data: [DONE]` was received."""
-        self.error_events = 0
 
     def _parsed(self) -> tuple[bytes, bytes] | None:
         """Parse buffered lines until an event completes; None (keeping a partial last line) when the
@@ -57,6 +68,20 @@ class SSEReader:
             if event is not None:
                 self._pos = pos
                 return event
+
+    def _take(self, chunk: bytes) -> None:
+        """Add a read to the buffer (which holds at most a partial line now)."""
+        if b"\n" not in chunk:
+            self._tail_bytes += len(chunk)
+            if len(self._buffer) + self._tail_bytes > MAX_LINE_BYTES:
+                raise SSELineTooLong(f"an SSE line longer than {MAX_LINE_BYTES} bytes")
+            self._tail.append(chunk)
+        elif self._tail:
+            self._buffer = b"".join((self._buffer, *self._tail, chunk))
+            self._tail.clear()
+            self._tail_bytes = 0
+        else:
+            self._buffer += chunk
 
     def _line(self, line: bytes) -> tuple[bytes, bytes] | None:
         """Take one line; the event it completes (a blank line after data), if any."""
@@ -108,7 +133,7 @@ class SSEReader:
                     chunk = b"\n\n"
             if scope.cancelled_caught:
                 raise SSEDeadline
-            self._buffer += chunk
+            self._take(chunk)
         if event[1] == DONE:
             self.done = True
             return None

@@ -325,6 +325,22 @@ def test_a_single_10_mb_line_is_a_provider_error_or_an_answer() -> None:
     run(check)
 
 
+def test_a_line_past_the_readers_cap_is_a_broken_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line that grows past the SSE reader's cap without ending becomes a typed stream failure."""
+    import providers.sse as sse
+    from providers.errors import StreamBroken
+
+    monkeypatch.setattr(sse, "MAX_LINE_BYTES", 1024 * 1024)
+    line = b"data: " + b"a" * BIG_LINE
+
+    async def check(mock: respx.Router) -> None:
+        mock.post(URL["vllm"]).mock(side_effect=byte_stream([line[i : i + 65536] for i in range(0, len(line), 65536)]))
+        with pytest.raises(StreamBroken, match="longer than 1048576 bytes"):
+            await drain(adapter("vllm"))
+
+    run(check)
+
+
 # --- through the router ---------------------------------------------------------------------
 
 

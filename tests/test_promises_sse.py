@@ -92,3 +92,20 @@ async def test_drain_reads_the_rest_and_marks_the_end() -> None:
     await reader.drain(anyio.current_time() + 1)
     assert len(consumed) == 3 and reader.eof is True
     assert await reader.next(anyio.current_time() + 1) is None
+
+
+async def test_a_long_line_in_many_pieces_is_one_event_and_an_endless_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line split over many reads is joined once (no quadratic copying); one that grows past
+    `MAX_LINE_BYTES` without ending is refused instead of held in memory without end."""
+    import providers.sse as sse
+
+    piece = b"x" * 1000
+    got, _ = await events(b"data: ", *[piece] * 300, b"\n\ndata: next\n\n")
+    assert got == [(b"", piece * 300), (b"", b"next")]
+    monkeypatch.setattr(sse, "MAX_LINE_BYTES", 10_000)
+    reader = SSEReader(feed(b"data: ok\n\ndata: ", *[piece] * 20))
+    assert await reader.next(anyio.current_time() + 2) == (b"", b"ok")
+    with pytest.raises(sse.SSELineTooLong):
+        await reader.next(anyio.current_time() + 2)
