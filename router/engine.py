@@ -356,6 +356,8 @@ class RouterEngine:
             await self.shared.aclose()
         if self._owns_client:
             await self.client.aclose()
+        if self.metrics is not None:
+            await anyio.to_thread.run_sync(self.metrics.close)  # its scrape port, if it serves one
 
 
 def watched(source: ConfigSource | None, watch: bool | float) -> tuple[Path, float, str | None] | None:

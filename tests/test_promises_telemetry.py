@@ -100,6 +100,9 @@ async def test_prometheus_port_serves_the_metrics_on_loopback() -> None:
     assert scraped.status_code == 200
     lines = [line for line in scraped.text.splitlines() if line.startswith("inference_router_requests_total{")]
     assert any('alias="m"' in line and line.endswith(" 3.0") for line in lines), lines
+    with socket.socket() as sock:  # closing the router stopped the server and freed its port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
 
 
 async def test_usage_and_telemetry_are_read_once_and_a_reload_says_so(

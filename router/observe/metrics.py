@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from router.observe.otel import NOT_FAILURES
 from router.path.events import CallInfo, CircuitChange, Observer
@@ -138,6 +138,8 @@ class PrometheusMetrics(Observer):
             registry=registry,
             multiprocess_mode="livemax",  # several processes: the worst state any live one sees
         )
+        self._server: tuple[Any, Any] | None = None
+        """The scrape server and its thread, while `serve` runs one."""
 
     def attempt_started(self, call: CallInfo, attempt: Attempt) -> None:
         self.in_flight.labels(_deployment(attempt.backend, attempt.model)).inc()
@@ -204,10 +206,20 @@ class PrometheusMetrics(Observer):
         return generate_latest(self.registry).decode()
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Serve `/metrics` for this registry on a daemon thread (loopback unless `addr` says otherwise)."""
+        """Serve `/metrics` for this registry on a daemon thread (loopback unless `addr` says otherwise),
+        until `close()`."""
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr, registry=self.registry)
+        self._server = start_http_server(port, addr, registry=self.registry)
+
+    def close(self) -> None:
+        """Stop serving (`serve`) and free its port; blocks up to half a second (the server's poll)."""
+        served, self._server = self._server, None
+        if served is not None:
+            server, thread = served
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
 
 
 def process_ended(pid: int) -> None:
