@@ -184,3 +184,26 @@ async def test_a_circuit_closed_by_a_load_probe_is_withdrawn_from_redis(redis_se
     finally:
         await shared.aclose()
         await peer.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_held_slot_is_renewed_while_its_holder_syncs_and_freed_when_it_stops(redis_server: RedisServer) -> None:
+    """A slot is a short lease its holder renews at every sync: a stream longer than the lease keeps
+    its slot, and a process that dies (stops syncing) frees it within one lease."""
+    holder, other = SharedState(redis_server.url, lease_s=0.5), SharedState(redis_server.url, lease_s=0.5)
+    try:
+        token = await holder.take_slot("a/m", 1)
+        assert token is not None
+        for _ in range(8):  # 1.2 s: more than two leases, renewed every 0.15 s
+            await anyio.sleep(0.15)
+            await holder.sync(Circuits(), ["a/m"])
+            assert await other.take_slot("a/m", 1) is None, "a renewed lease expired"
+        await anyio.sleep(0.7)  # the holder "dies": no more renewals
+        taken = await other.take_slot("a/m", 1)
+        assert taken is not None
+        await other.give_slot("a/m", taken)
+        await holder.give_slot("a/m", token)  # a late give-back of an expired lease is harmless
+        assert await other.take_slot("a/m", 1) is not None
+    finally:
+        await holder.aclose()
+        await other.aclose()

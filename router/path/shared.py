@@ -2,7 +2,8 @@
 
 One thing must hold exactly across processes, so it goes through Redis on the request path:
 concurrency slots of deployments with a `max_concurrency` (an atomic take-if-below-cap, each
-slot a lease that expires if its holder dies). Everything else is shared in the background,
+slot a lease of `lease_s` that the holder renews at every sync while it holds the slot, so a
+process that dies frees its slots within a lease, and a stream of any length keeps its own). Everything else is shared in the background,
 never in the ranking itself: every `refresh_s` each process publishes its circuit openings and
 its view of each deployment (in-flight count, latency estimates, rate-limit headroom) and reads
 the others', which its stats then merge into what policies see.
@@ -41,7 +42,7 @@ class SharedState:
     """Concurrency slots and circuit openings shared through one Redis."""
 
     def __init__(
-        self, url: str, *, namespace: str = "", refresh_s: float = 0.25, lease_s: float = 600.0, timeout_s: float = 0.5
+        self, url: str, *, namespace: str = "", refresh_s: float = 0.25, lease_s: float = 60.0, timeout_s: float = 0.5
     ) -> None:
         import redis.asyncio
 
@@ -54,6 +55,8 @@ class SharedState:
         )
         self._take = self._redis.register_script(_TAKE_SLOT)
         self._outbox: dict[str, tuple[float, str]] = {}
+        self._held: dict[str, set[str]] = {}
+        """Slot tokens this process holds, by deployment: their leases are renewed at each sync."""
         self._down = False
         self._me = uuid.uuid4().hex
 
@@ -78,12 +81,20 @@ class SharedState:
             self._failed(error)
             return _LOCAL
         self._ok()
-        return token if taken else None
+        if not taken:
+            return None
+        self._held.setdefault(candidate_id, set()).add(token)
+        return token
 
     async def give_slot(self, candidate_id: str, token: str) -> None:
         """Give a slot back (a lease that can't be given back expires by itself)."""
         if token == _LOCAL:
             return
+        held = self._held.get(candidate_id)
+        if held is not None:
+            held.discard(token)
+            if not held:
+                del self._held[candidate_id]
         with anyio.CancelScope(shield=True):
             try:
                 await self._redis.zrem(self._prefix + "slots:" + candidate_id, token)
@@ -107,6 +118,11 @@ class SharedState:
         keep_ms = max(1000, int(self.refresh_s * 10_000))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
+                lease_ms = int(self.lease_s * 1000)
+                for candidate_id, tokens in self._held.items():  # still ours: a fresh lease each
+                    key = self._prefix + "slots:" + candidate_id
+                    pipe.zadd(key, dict.fromkeys(tokens, now_epoch + self.lease_s), xx=True)
+                    pipe.pexpire(key, lease_ms)
                 for candidate_id, (until, why) in outbox.items():
                     ttl_ms = int((until - now_epoch) * 1000)
                     if ttl_ms <= 0:
