@@ -129,6 +129,20 @@ def test_error_rate_over_the_window_opens_it() -> None:
     assert "50% of 6 recent requests failed" in circuits.view("a", 6).opened_by
 
 
+def test_the_recent_error_rate_follows_the_window_as_it_slides() -> None:
+    """The window's failures are counted as they come and go (O(1) per call at any call rate): the
+    rate is over the last `window_s` only."""
+    circuits = Circuits(CircuitConfig(failures=10_000, error_rate=0.9, window_s=10, min_requests=10_000))
+    for i in range(20_000):  # 2,000 calls a second for 10 s, every tenth failing
+        circuits.record("a", i / 2000, failure=BAD if i % 10 == 0 else None)
+    assert circuits.view("a", 10.0).recent_error_rate == pytest.approx(0.1, abs=0.001)
+    for i in range(1000):  # then half a second of failures only
+        circuits.record("a", 10.0 + i / 2000, failure=BAD)
+    assert circuits.view("a", 10.5).recent_error_rate == pytest.approx((1900 + 1000) / 20_000, abs=0.002)
+    assert circuits.view("a", 20.4).recent_error_rate == 1.0  # only the failures are still in the window
+    assert circuits.view("a", 21.0).recent_error_rate == 0.0
+
+
 def test_rate_limit_opens_until_its_reset_and_the_later_deadline_wins() -> None:
     circuits = Circuits(CircuitConfig(cooldown_s=5))
     circuits.record("a", 0, failure=FailureKind.RATE_LIMITED, retry_after=60)

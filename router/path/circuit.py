@@ -68,6 +68,9 @@ class _Breaker:
     probation: bool = False
     """Closed on a load probe's word, not a request's: the next health failure re-opens it."""
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+    """(time, healthy) of the attempts within the window, oldest first."""
+    failed_in_window: int = 0
+    """How many of `outcomes` are failures (kept as they come and go: the rate is O(1) at any rate of calls)."""
     last_errors: deque[str] = field(default_factory=lambda: deque(maxlen=5))
     opened_by: str = ""
 
@@ -268,18 +271,25 @@ class Circuits:
         self._changed(candidate_id, previous, breaker.state, f"opened by another process: {why}")
 
     def _remember(self, breaker: _Breaker, now: float, healthy: bool, window_s: float) -> None:
+        breaker.outcomes.append((now, healthy))
+        if not healthy:
+            breaker.failed_in_window += 1
+        self._forget_before(breaker, now - window_s)
+
+    @staticmethod
+    def _forget_before(breaker: _Breaker, horizon: float) -> None:
         outcomes = breaker.outcomes
-        outcomes.append((now, healthy))
-        horizon = now - window_s
         while outcomes and outcomes[0][0] < horizon:
-            outcomes.popleft()
+            if not outcomes.popleft()[1]:
+                breaker.failed_in_window -= 1
 
     def _rate(self, breaker: _Breaker, now: float, window_s: float) -> tuple[float, int]:
-        horizon = now - window_s
-        recent = [ok for t, ok in breaker.outcomes if t >= horizon]
-        if not recent:
+        """The failure rate and the attempt count within the window."""
+        self._forget_before(breaker, now - window_s)
+        count = len(breaker.outcomes)
+        if not count:
             return 0.0, 0
-        return recent.count(False) / len(recent), len(recent)
+        return breaker.failed_in_window / count, count
 
     def view(self, candidate_id: str, now: float) -> CircuitView:
         """The circuit's state for health reports."""

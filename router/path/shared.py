@@ -3,8 +3,9 @@
 One thing must hold exactly across processes, so it goes through Redis on the request path:
 concurrency slots of deployments with a `max_concurrency` (an atomic take-if-below-cap, each
 slot a lease of `lease_s` that the holder renews at every sync while it holds the slot, so a
-process that dies frees its slots within a lease, and a stream of any length keeps its own). Everything else is shared in the background,
-never in the ranking itself: every `refresh_s` each process publishes its circuit openings and
+process that dies frees its slots within a lease, and a stream of any length keeps its own).
+Everything else is shared in the background, never in the ranking itself: every `refresh_s`
+each process publishes its circuit openings and
 its view of each deployment (in-flight count, latency estimates, rate-limit headroom) and reads
 the others', which its stats then merge into what policies see.
 A Redis outage degrades to local state with one warning and recovers when Redis returns.
