@@ -54,6 +54,35 @@ def test_yaml_errors_name_file_line_and_field_all_at_once(tmp_path: Path) -> Non
     ]
 
 
+def test_two_aliases_giving_one_deployment_different_circuit_settings_is_an_error(tmp_path: Path) -> None:
+    """A deployment has one circuit whichever aliases list it: conflicting settings are named, with the
+    way out; the same settings, or settings on the backend, are fine."""
+    path = tmp_path / "router.yaml"
+    base = (
+        "backends:\n"
+        "  a: {provider: openai, base_url: 'http://127.0.0.1:9000/v1'}\n"
+        "models:\n"
+        "  chat:\n"
+        "    deployments: [{backend: a, model: m}]\n"
+        "    circuit: {failures: 3}\n"
+        "  batch:\n"
+        "    deployments: [{backend: a, model: m}]\n"
+    )
+    path.write_text(base + "    circuit: {failures: 10, cooldown_s: 2}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [str(issue) for issue in caught.value.issues] == [
+        f"{path}:9: models.batch.circuit: deployment a/m has one circuit, and models.chat gives it other settings "
+        "(cooldown_s, failures): set them on backends.a.circuit, or the same in both aliases"
+    ]
+    path.write_text(base + "    circuit: {failures: 3}\n")
+    load_config(path)
+    path.write_text(
+        base.replace("    circuit: {failures: 3}\n", "").replace("9000/v1'}", "9000/v1', circuit: {failures: 3}}")
+    )
+    load_config(path)
+
+
 def test_toml_errors_name_line_and_field(tmp_path: Path) -> None:
     path = tmp_path / "router.toml"
     path.write_text(

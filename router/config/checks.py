@@ -50,7 +50,43 @@ def cross_references(raw: dict[str, Any]) -> list[tuple[Path_, str]]:
                     (("models", alias, "fallbacks", i), f"unknown model {fallback!r}; known: {', '.join(models)}")
                 )
         problems += _unknown_policy(("models", alias, "policy"), model.get("policy"))
-    return problems + _gateway_keys(raw, models)
+    return problems + _circuit_conflicts(raw, backends, models) + _gateway_keys(raw, models)
+
+
+def _circuit_conflicts(
+    raw: dict[str, Any], backends: dict[str, Any], models: dict[str, Any]
+) -> list[tuple[Path_, str]]:
+    """A deployment (`backend/model`) has one circuit, whichever aliases list it: two aliases that would
+    give it different settings (top ← backend ← alias, field by field) are a mistake to name, not a
+    silent first-alias-wins."""
+
+    def mapping(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    top = mapping(raw.get("circuit"))
+    first: dict[str, tuple[str, dict[str, Any]]] = {}
+    problems: list[tuple[Path_, str]] = []
+    for alias, model in models.items():
+        if not isinstance(model, dict):
+            continue
+        own = mapping(model.get("circuit"))
+        for deployment in model["deployments"] if isinstance(model.get("deployments"), list) else []:
+            backend, name = mapping(deployment).get("backend"), mapping(deployment).get("model")
+            if not isinstance(backend, str) or not isinstance(name, str):
+                continue
+            settings = {**top, **mapping(mapping(backends.get(backend)).get("circuit")), **own}
+            candidate_id = f"{backend}/{name}"
+            earlier, theirs = first.setdefault(candidate_id, (alias, settings))
+            if earlier != alias and theirs != settings:
+                differ = sorted(k for k in {*settings, *theirs} if settings.get(k) != theirs.get(k))
+                problems.append(
+                    (
+                        ("models", alias, "circuit") if own else ("models", alias),
+                        f"deployment {candidate_id} has one circuit, and models.{earlier} gives it other settings "
+                        f"({', '.join(differ)}): set them on backends.{backend}.circuit, or the same in both aliases",
+                    )
+                )
+    return problems
 
 
 def _gateway_keys(raw: dict[str, Any], models: dict[str, Any]) -> list[tuple[Path_, str]]:
