@@ -7,8 +7,9 @@ sources). Catalogues churn: config overrides any of it per deployment (`price:`,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 PRICES_AS_OF = "2026-11-30"
 
@@ -60,12 +61,25 @@ DEEPSEEK: dict[str, ModelFacts] = {
     ),
 }
 
-# DeepSeek's peak: Mon–Fri 09:00–12:00 and 14:00–18:00 Beijing time = 01:00–04:00, 06:00–10:00 UTC.
-# (Chinese public holidays are off-peak too; they are not modelled: the peak price is charged.)
+# DeepSeek's peak: Mon–Fri 09:00–12:00 and 14:00–18:00 Beijing time = 01:00–04:00, 06:00–10:00 UTC,
+# except on China's statutory holidays (and the weekdays given off around them), which are off-peak.
 _DEEPSEEK_PEAK_UTC_HOURS = frozenset({1, 2, 3, 6, 7, 8, 9})
 
 
 def deepseek_is_peak(when: datetime) -> bool:
     """Whether DeepSeek charges its peak price at this instant."""
     utc = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
-    return utc.weekday() < 5 and utc.hour in _DEEPSEEK_PEAK_UTC_HOURS
+    if utc.weekday() >= 5 or utc.hour not in _DEEPSEEK_PEAK_UTC_HOURS:
+        return False
+    day = utc.date()  # the peak hours fall on the same calendar day in Beijing (UTC+8)
+    return day not in chinese_days_off(day.year)
+
+
+@functools.cache
+def chinese_days_off(year: int) -> frozenset[date]:
+    """Mainland China's statutory holidays and the substitute days off around them in `year`, from
+    python-holidays (the State Council's schedule; its import and a year's table take ~80 ms, so the
+    DeepSeek adapter loads the current year when it is made)."""
+    import holidays
+
+    return frozenset(holidays.country_holidays("CN", years=year))

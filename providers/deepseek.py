@@ -7,11 +7,11 @@ comments while a request waits in the queue.
 """
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from providers.base import OpenAICompatible
-from providers.catalog import DEEPSEEK, ModelFacts, ModelPrice, deepseek_is_peak
+from providers.catalog import DEEPSEEK, ModelFacts, ModelPrice, chinese_days_off, deepseek_is_peak
 from providers.errors import ContentFiltered, ProviderError, QuotaExceeded
 
 
@@ -37,13 +37,18 @@ class DeepSeekProvider(OpenAICompatible):
         "content exists risk",
     )
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        chinese_days_off(datetime.now(UTC).year)  # load the holiday table now, not in the first ranking
+
     def continuation(self, body: dict[str, Any], text: str) -> dict[str, Any]:
         """DeepSeek's chat prefix completion: the last assistant message carries `prefix: true`."""
         messages = [*body.get("messages", []), {"role": "assistant", "content": text, "prefix": True}]
         return {**body, "messages": messages}
 
     def price_at(self, model: str, when: datetime) -> ModelPrice | None:
-        """Half price outside DeepSeek's peak hours (01–04 and 06–10 UTC on weekdays)."""
+        """Half price outside DeepSeek's peak hours (01–04 and 06–10 UTC on weekdays that are not
+        Chinese holidays)."""
         facts = self.catalog.get(model)
         if facts is None:
             return None

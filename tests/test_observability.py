@@ -820,8 +820,11 @@ OFFPEAK_USD = (400 * 0.66 + 600 * 0.022 + 300 * 1.98) / 1e6  # = $0.0008712
         (datetime(2026, 11, 30, 9, 59, tzinfo=UTC), PEAK_USD),
         (datetime(2026, 11, 30, 10, 0, tzinfo=UTC), OFFPEAK_USD),  # 18:00 Beijing
         (datetime(2026, 12, 5, 7, 30, tzinfo=UTC), OFFPEAK_USD),  # Saturday: off-peak all day
+        (datetime(2026, 10, 1, 2, 0, tzinfo=UTC), OFFPEAK_USD),  # Thursday, National Day: a Chinese holiday
+        (datetime(2026, 2, 20, 7, 0, tzinfo=UTC), OFFPEAK_USD),  # Friday given off in the Spring Festival break
+        (datetime(2026, 10, 8, 2, 0, tzinfo=UTC), PEAK_USD),  # the Thursday after the National Day break
     ],
-    ids=lambda v: v.strftime("%a-%H%M") if isinstance(v, datetime) else "",
+    ids=lambda v: v.strftime("%a-%m%d-%H%M") if isinstance(v, datetime) else "",
 )
 async def test_deepseek_bills_the_price_in_effect_at_the_edges_of_its_peak(
     httpx2_mock: respx.Router, when: datetime, expected: float
