@@ -172,7 +172,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         *,
         headers: Mapping[str, str] | CIMultiDict[str],
         data: bytes | None,
-        params: Mapping[str, Any] | None,
+        params: list[tuple[str, str]] | None,
         proxy: str | None,
         connect_s: float | None,
         read_s: float | None,
@@ -222,7 +222,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             url,
             headers=headers,
             data=content,
-            params=params,
+            params=_query(params) if params else None,
             proxy=proxy,
             connect_s=connect_s,
             read_s=None,
@@ -256,6 +256,17 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _query(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Query parameters as httpx2 writes them (`True` → `true`, `None` → empty, a list → the key repeated),
+    for aiohttp, which takes only strings and numbers."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            text = "true" if item is True else "false" if item is False else "" if item is None else str(item)
+            pairs.append((str(key), text))
+    return pairs
 
 
 class BackendClient(httpx2.AsyncClient):

@@ -109,3 +109,22 @@ async def test_the_fast_path_goes_through_the_environments_proxy(monkeypatch: py
         assert response.status_code == 200 and await response.aread() == b"{}"
         await response.aclose()
     assert seen == [b"POST http://127.0.0.2:9/v1/chat/completions HTTP/1.1"]
+
+
+async def test_the_fast_path_writes_query_parameters_as_httpx2_does() -> None:
+    """`extra_query` values that aiohttp alone would refuse (booleans, None, lists) are written as httpx2 writes them."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    params = {"beta": True, "off": False, "empty": None, "n": 2, "tag": ["a", "b"]}
+    async with server, backend_client() as client:
+        response = await post(client, url, content=b"{}", headers={}, params=params, connect_s=1.0)
+        await response.aclose()
+    assert seen == [b"POST /v1/chat/completions?beta=true&off=false&empty=&n=2&tag=a&tag=b HTTP/1.1"]
