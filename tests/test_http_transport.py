@@ -45,11 +45,16 @@ async def test_the_fast_path_names_a_refused_connection_as_httpx2_does() -> None
             await post(client, f"http://127.0.0.1:{port}/v1/x", content=b"{}", headers={}, params=None, connect_s=1.0)
 
 
-async def _raw_server(answer: bytes) -> tuple[asyncio.Server, int]:
-    """A server that reads one request and writes `answer` as it is, then hangs up."""
+OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def _raw_server(answer: bytes, seen: list[bytes] | None = None) -> tuple[asyncio.Server, int]:
+    """A server that reads one request (its request line into `seen`) and writes `answer` as it is, then hangs up."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        if seen is not None:
+            seen.append(head.split(b"\r\n", 1)[0])
         writer.write(answer)
         await writer.drain()
         writer.close()
@@ -91,15 +96,8 @@ async def test_both_paths_read_status_headers_and_body_and_name_a_cut_body(fast:
 async def test_the_fast_path_goes_through_the_environments_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """`HTTP_PROXY` applies to the adapters' requests too: they reach the proxy, asking for the backend's URL."""
     seen: list[bytes] = []
-
-    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    server, port = await _raw_server(OK_EMPTY, seen)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     async with server, backend_client() as client:
@@ -114,15 +112,8 @@ async def test_the_fast_path_goes_through_the_environments_proxy(monkeypatch: py
 async def test_the_fast_path_writes_query_parameters_as_httpx2_does() -> None:
     """`extra_query` values that aiohttp alone would refuse (booleans, None, lists) are written as httpx2 writes them."""
     seen: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    server, port = await _raw_server(OK_EMPTY, seen)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
     params = {"beta": True, "off": False, "empty": None, "n": 2, "tag": ["a", "b"]}
     async with server, backend_client() as client:
         response = await post(client, url, content=b"{}", headers={}, params=params, connect_s=1.0)
