@@ -201,27 +201,16 @@ class Circuits:
             breaker.probation = False
             cap = max(settings.max_cooldown_s, settings.cooldown_s)
             breaker.cooldown_s = min(cap, breaker.cooldown_s * 2)
-            self._open(breaker, now, until=now + self._cooldown(breaker, settings), why=why, candidate_id=candidate_id)
         elif breaker.state is not CircuitState.CLOSED:
             return  # sent before it opened: the probe decides, not a late failure
         elif breaker.consecutive >= settings.failures:
-            self._open(
-                breaker,
-                now,
-                until=now + self._cooldown(breaker, settings),
-                why=f"{breaker.consecutive} failures in a row",
-                candidate_id=candidate_id,
-            )
+            why = f"{breaker.consecutive} failures in a row"
         else:
             rate, count = self._rate(breaker, now, settings.window_s)
-            if count >= settings.min_requests and rate >= settings.error_rate:
-                self._open(
-                    breaker,
-                    now,
-                    until=now + self._cooldown(breaker, settings),
-                    why=f"{rate:.0%} of {count} recent requests failed",
-                    candidate_id=candidate_id,
-                )
+            if count < settings.min_requests or rate < settings.error_rate:
+                return
+            why = f"{rate:.0%} of {count} recent requests failed"
+        self._open(breaker, now, until=now + self._cooldown(breaker, settings), why=why, candidate_id=candidate_id)
 
     def _cooldown(self, breaker: _Breaker, settings: CircuitConfig) -> float:
         """This opening's length: the breaker's cooldown, shortened by a random share up to `jitter`."""
